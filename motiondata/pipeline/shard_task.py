@@ -1,0 +1,148 @@
+"""Build one shard: read its units, run the transforms and stages once per episode, write the tar,
+the episodes' Zarr groups and the partial stats, then the shard manifest last (the done-marker).
+
+Bad inputs become error records; the shard goes on with the next unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from motiondata.episode import Episode, VECTOR_FIELDS
+from motiondata.errors import SourceError
+from motiondata.pipeline.plan import ShardPlan, open_spec_source
+from motiondata.pipeline.registry import build_stages
+from motiondata.pipeline.spec import JobSpec
+from motiondata.pipeline.transforms import Resize, SelectCameras, WindowSamples
+from motiondata.store import layout
+from motiondata.store.episodes_zarr import write_episode
+from motiondata.store.errors_log import error_record
+from motiondata.store.manifest import write_shard_manifest
+from motiondata.store.shards import write_shard
+from motiondata.store.stats import RunningStats
+
+log = logging.getLogger(__name__)
+BASE_PREFIXES = ("rgb.", "depth.")
+
+
+@functools.lru_cache(maxsize=4)
+def _stages_for(stage_json: str) -> list[Any]:
+    """Stages are built once per process (models load once per Ray worker, not per shard)."""
+    return build_stages(json.loads(stage_json))
+
+
+def job_stages(spec: JobSpec) -> list[Any]:
+    return _stages_for(json.dumps(list(spec.stages), sort_keys=True))
+
+
+class ShardBuilder:
+    def __init__(self, spec: JobSpec, plan: ShardPlan, out: str | Path):
+        self.spec, self.plan, self.out = spec, plan, Path(out)
+        self.stages = job_stages(spec)
+        self.prepare = [SelectCameras(spec.cameras), Resize(spec.frame_size)]
+        self.windowing = WindowSamples(spec.window_length, spec.window_stride)
+        self.stats = RunningStats()
+        self.errors: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+        self.episodes: list[str] = []
+        self._sources: dict[int, Any] = {}
+
+    def source(self, index: int):
+        if index not in self._sources:
+            self._sources[index] = open_spec_source(self.spec, index)
+        return self._sources[index]
+
+    def read(self, entry: dict[str, Any]) -> Episode | None:
+        src_spec, unit = self.spec.sources[entry["source"]], entry["unit"]
+        episode_id = f"{src_spec.name}_{unit['id']}"
+        try:
+            episode = self.source(entry["source"]).read(unit)
+            episode = dataclasses.replace(episode, id=episode_id, source=src_spec.name)
+            for transform in self.prepare:
+                episode = transform(episode)
+            return episode
+        except SourceError as exc:
+            self.errors.append(error_record(exc.file, episode_id, "read", exc.reason, unit=unit))
+        except Exception as exc:  # anything a reader did not foresee is still one record, not a crash
+            log.warning("unit %s of %s failed: %s", unit["id"], src_spec.path, exc)
+            self.errors.append(error_record(unit.get("file", src_spec.path), episode_id, "read",
+                                            f"{type(exc).__name__}: {exc}", unit=unit))
+        return None
+
+    def encode(self, episode: Episode, file: str) -> dict[str, Any] | None:
+        item = self.windowing({"episode": episode})
+        for stage in self.stages:
+            try:
+                item = stage(item)
+            except Exception as exc:
+                log.warning("stage %s failed on %s: %s", stage.name, episode.id, exc)
+                self.errors.append(error_record(file, episode.id, stage.name, f"{type(exc).__name__}: {exc}"))
+                return None
+        return item
+
+    def store_episode(self, item: dict[str, Any]) -> None:
+        episode: Episode = item["episode"]
+        arrays = {f"rgb.{c}": f for c, f in episode.rgb.items()}
+        arrays.update({f"depth.{c}": d for c, d in episode.depth.items()})
+        arrays.update(episode.vectors())
+        arrays.update(item.get("episode_fields", {}))
+        base = set(arrays) | {"meta"}
+        window_fields: dict[str, list[np.ndarray]] = {}
+        for sample in item["samples"]:
+            for name, value in sample.items():
+                if name.startswith("_") or name in base or name.startswith(BASE_PREFIXES):
+                    continue
+                if isinstance(value, np.ndarray):
+                    window_fields.setdefault(name, []).append(value)
+        attrs = {"id": episode.id, "source": episode.source, "fps": float(episode.fps), "language": episode.language,
+                 "length": episode.length, "cameras": episode.cameras, "metadata": episode.metadata,
+                 "windows": [[w.start, w.length] for w in item["windows"]]}
+        write_episode(self.out, episode.id, arrays, attrs, window_fields)
+        for name in VECTOR_FIELDS:
+            if getattr(episode, name) is not None:
+                self.stats.update(name, getattr(episode, name))
+
+    def samples(self) -> Iterator[dict[str, Any]]:
+        for entry in self.plan.units:
+            episode = self.read(entry)
+            if episode is None:
+                continue
+            item = self.encode(episode, entry["unit"].get("file", ""))
+            if item is None:
+                continue
+            self.store_episode(item)
+            self.episodes.append(episode.id)
+            for window, sample in zip(item["windows"], item["samples"]):
+                self.records.append({"key": sample["__key__"], "episode": episode.id,
+                                     "window": window.index, "status": "ok"})
+                yield {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"}
+
+    def build(self) -> dict[str, Any]:
+        tar = layout.shard_tar(self.out, self.plan.index)
+        info = write_shard(tar, self.samples())
+        layout.atomic_write_text(layout.shard_stats(self.out, self.plan.index),
+                                 json.dumps(self.stats.to_dict(), sort_keys=True))
+        fields: dict[str, Any] = {}
+        for sample in info["samples"]:
+            for name, desc in sample["fields"].items():
+                fields.setdefault(name, desc)
+        manifest = {
+            "shard": layout.shard_name(self.plan.index), "index": self.plan.index, "tar": tar.name,
+            "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": info["num_samples"],
+            "keys": [s["key"] for s in info["samples"]], "samples": self.records, "fields": fields,
+            "episodes": self.episodes, "units": self.plan.unit_ids(), "errors": self.errors,
+            "spec_hash": self.spec.hash(),
+        }
+        write_shard_manifest(self.out, self.plan.index, manifest)
+        return manifest
+
+
+def build_shard(spec: JobSpec, plan: ShardPlan, out: str | Path) -> dict[str, Any]:
+    return ShardBuilder(spec, plan, out).build()
