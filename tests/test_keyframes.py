@@ -120,3 +120,11 @@ def test_save_pngs_writes_readable_files(tmp_path):
     paths = save_pngs(images, tmp_path / "png", stem="ep_0")
     assert [p.name for p in paths] == ["ep_0_000.png", "ep_0_001.png"]
     assert np.array_equal(cv2.imread(str(paths[1]))[..., ::-1], images[1])
+
+
+def test_config_hash_follows_weight_contents(tmp_path):
+    yaml_path, ckpt_path, _ = write_taming_checkpoint(tmp_path / "a", seed=0)
+    stage = KeyframeStage(config=str(yaml_path), weights=str(ckpt_path))
+    before = stage.config_hash()
+    write_taming_checkpoint(tmp_path / "a", seed=1)
+    assert stage.config_hash() != before

@@ -136,3 +136,15 @@ def test_codec_resizes_other_frame_sizes(taming_ckpt):
     frames = np.zeros((2, 40, 60, 3), np.uint8)
     assert codec.encode(frames).shape == (2, 24, 24)
     assert codec.decode(codec.encode(frames)).shape == (2, 48, 48, 3)
+
+
+@pytest.mark.gpu
+def test_cuda_half_precision_codes_mostly_agree(taming_ckpt):
+    yaml_path, ckpt_path, _ = taming_ckpt
+    frames = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    cpu = VQGANCodec(load_vqgan(yaml_path, ckpt_path)).encode(frames)
+    gpu = VQGANCodec(load_vqgan(yaml_path, ckpt_path, device="cuda", dtype="bf16"))
+    codes = gpu.encode(frames)
+    assert codes.shape == cpu.shape and codes.dtype == np.int32
+    assert (codes == cpu).mean() > 0.8
+    assert gpu.decode(codes).shape == (4, 32, 32, 3)

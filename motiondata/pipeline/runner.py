@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -94,6 +95,15 @@ def _run_ray(spec: JobSpec, out: Path, plans: list[ShardPlan], address: str | No
     return failed
 
 
+def remove_stale_temporaries(out: Path) -> int:
+    """Temporary files of a killed run (``.name.*.tmp``) are never part of the store: remove them."""
+    stale = [p for d in (out / layout.SHARDS_DIR, layout.zarr_store(out)) if d.is_dir()
+             for p in d.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return len(stale)
+
+
 def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, executor: str = "ray",
             show_progress: bool = True) -> JobResult:
     out = Path(out).resolve()
@@ -101,6 +111,8 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     plans, plan_errors = plan_shards(spec)
     _check_same_spec(spec, out, plans)
     ensure_store(out)
+    if remove_stale_temporaries(out):
+        log.info("removed temporary files left by an interrupted run")
     todo = [p for p in plans if not shard_done(out, p.index)]
     result = JobResult(out, len(plans), len(todo), len(plans) - len(todo))
     log.info("%d shards planned, %d done already, %d to build", len(plans), result.shards_skipped, len(todo))

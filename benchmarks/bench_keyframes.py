@@ -1,0 +1,111 @@
+"""CPU throughput of keyframe encoding with the demo VQGAN: motiondata's KeyframeStage vs a per-sample loop.
+
+    .venv/bin/python -m benchmarks.bench_keyframes [--episodes 2] [--threads 1]
+
+Baseline: what a user script does with taming today: for every training sample, take its keyframes, run
+taming's modules (encoder -> quant_conv -> quantize) on them one sample at a time. The stage instead
+selects all windows' keyframes, encodes each distinct frame once, in batches. Both give identical codes
+(checked). Writes docs/bench/keyframes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motiondata.encode.keyframes import KeyframeStage
+from motiondata.encode.vqgan import cached_vqgan_codec
+from motiondata.episode import Episode
+from motiondata.pipeline.stage import plan_windows
+from motiondata.store.layout import atomic_write_text
+
+DEMO = Path("tokenizers/vqgan/demo")
+SAMPLE = Path("data/sample/aloha_sim.hdf5")
+OUT = Path("docs/bench/keyframes.md")
+
+
+def bench_frames(episodes: int, length: int = 120, size: int = 128) -> tuple[list[np.ndarray], str]:
+    """The bundled sample episodes' first camera when present, else synthetic moving frames."""
+    if SAMPLE.is_file():
+        from motiondata.encode.train_tiny_vqgan import read_hdf5_episodes
+
+        eps = read_hdf5_episodes(SAMPLE)
+        return eps[:episodes], f"{SAMPLE} ({eps[0].shape[1]}x{eps[0].shape[2]} px)"
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    frames = [np.roll(base, t, axis=1) for t in range(length)]
+    return [np.stack(frames)] * episodes, f"synthetic {size}x{size} frames"
+
+
+def stage_run(stage: KeyframeStage, frames: list[np.ndarray], window: int, stride: int) -> tuple[float, list]:
+    out, start = [], time.perf_counter()
+    for i, f in enumerate(frames):
+        ep = Episode(id=f"ep{i}", source="bench", fps=10.0, rgb={"cam": f})
+        windows = plan_windows(ep.length, window, stride)
+        item = stage({"episode": ep, "windows": windows, "samples": [{} for _ in windows], "episode_fields": {}})
+        out += [s["keyframes.codes"] for s in item["samples"]]
+    return time.perf_counter() - start, out
+
+
+def baseline_run(stage: KeyframeStage, frames: list[np.ndarray], window: int, stride: int) -> tuple[float, list]:
+    codec = cached_vqgan_codec(stage.config, stage.weights, "cpu", "fp32", stage.size, stage.batch_size)
+    model, out, start = codec.model, [], time.perf_counter()
+    policy = stage.selection_policy()
+    with torch.no_grad():
+        for f in frames:
+            for w in plan_windows(len(f), window, stride):
+                x = codec.to_model_input(f[policy.select(w, len(f))])
+                _, _, (_, _, idx) = model.quantize(model.quant_conv(model.encoder(x)))
+                out.append(idx.to(torch.int32).numpy())
+    return time.perf_counter() - start, out
+
+
+def run(episodes: int, threads: int) -> str:
+    torch.set_num_threads(threads)
+    stage = KeyframeStage(config=str(DEMO / "model.yaml"), weights=str(DEMO / "model.safetensors"), device="cpu")
+    frames, what = bench_frames(episodes)
+    stage.encode(frames[0][:2])  # load + warm up outside the timings
+    rows = []
+    for window, stride in ((17, 8), (17, 1)):
+        t_stage, codes_stage = stage_run(stage, frames, window, stride)
+        t_base, codes_base = baseline_run(stage, frames, window, stride)
+        assert all(np.array_equal(a, b) for a, b in zip(codes_stage, codes_base)), "codes differ"
+        n = sum(len(c) for c in codes_stage)
+        rows.append(f"| {window} / {stride} | {len(codes_stage)} | {n} | {n / t_base:.1f} | {n / t_stage:.1f} | "
+                    f"{t_base / t_stage:.2f}x |")
+    cfg = stage.codec().model.config
+    return "\n".join([
+        "# Keyframe encoding (VQGAN codes), CPU", "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.__version__}, {threads} torch thread(s). Data: {what}, {len(frames)} episode(s) of "
+        f"{sum(map(len, frames))} frames, first camera.",
+        f"Model: demo VQGAN ({DEMO}), {cfg.resolution}x{cfg.resolution} input, {cfg.downsample}x downsampling, "
+        f"{cfg.n_embed} codes; policy chunk_starts (chunk 10, 2 keyframes per sample).", "",
+        "Keyframes/s counts keyframes delivered into samples (2 per sample). Baseline: a per-sample loop over "
+        "taming's modules (batch = one sample's keyframes). Codes are identical.", "",
+        "| window / stride | samples | keyframes | baseline keyframes/s | KeyframeStage keyframes/s | speed-up |",
+        "|---|---|---|---|---|---|", *rows, "",
+        "The stage encodes each distinct frame once per episode and batches them (batch_size 16); with "
+        "overlapping windows (stride 1) most keyframes are shared, which is where most of the gain comes from.",
+        "",
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--episodes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    report = run(args.episodes, args.threads)
+    atomic_write_text(OUT, report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

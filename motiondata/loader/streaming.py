@@ -1,0 +1,413 @@
+"""Stream a store's shards into training batches: sharded, shuffled, resumable, DDP-safe.
+
+How samples are assigned (every epoch, the same on every rank and worker, no communication):
+
+1. The shard list and per-shard sample counts come from ``OUT/manifest.json`` (or, for a glob / list of
+   URLs, from each shard's sibling ``shard-XXXXXX.json``; a tar without one is counted once by reading
+   its headers).
+2. Shards are permuted with ``seed`` and the epoch; their samples, concatenated, form a global list of N.
+3. The list is cut into ``world_size x num_workers`` contiguous *slots* of the same length
+   ``M = batches_per_slot x batch_size``. ``partial="drop"`` (default, drop_last style) uses
+   ``batches_per_slot = N // (slots x batch_size)`` and leaves the tail out this epoch (a different tail
+   every epoch, as shards are permuted); ``partial="wrap"`` rounds up and repeats samples from the start
+   of the list (as ``DistributedSampler`` pads). Either way every rank and worker yields exactly the same
+   number of batches, and a shard may be split between slots, so no rank is ever empty.
+4. Each slot streams its samples through a shuffle buffer seeded by (seed, epoch, slot). The buffer's
+   output order is computed on sample *indices* first, so skipping k batches on resume reads (and decodes)
+   only the samples that are still to come.
+
+With ``num_workers = W`` the DataLoader takes batches from its workers round-robin; the loader state is
+(epoch, batches consumed on this rank), and on resume worker w plays slot ``(k + w) mod W`` so the
+sequence continues exactly. Resume with the same batch size, world size, worker count and seed.
+
+A corrupt shard or sample (bad tar header, truncated file, undecodable ``.npy``, missing file) is
+reported with its shard and key, then either raises ``StoreError`` (``on_corrupt="raise"``) or is
+skipped with a warning (``"skip"``); a skipped sample is replaced by another sample of the same batch so
+batch counts stay equal across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import fsspec
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from motiondata.errors import StoreError
+from motiondata.loader.collate import collate_samples
+from motiondata.loader.transfer import DevicePrefetcher
+from motiondata.store import layout
+from motiondata.store.sample_codec import decode_value, split_member
+
+log = logging.getLogger(__name__)
+POLICIES = ("skip", "raise")
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+PARTIALS = ("drop", "wrap")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    url: str
+    name: str
+    num_samples: int
+
+
+# ----------------------------------------------------------------------------- shard list
+
+def _local_path(url: str) -> str | None:
+    protocol, path = fsspec.core.split_protocol(url)
+    return path if protocol in (None, "file", "local") else None
+
+
+def _join(root: str, name: str) -> str:
+    if fsspec.core.split_protocol(name)[0] or name.startswith("/"):
+        return name
+    return root.rstrip("/") + "/" + name
+
+
+def _read_json(url: str) -> dict | None:
+    try:
+        with fsspec.open(url, "rt") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _count_samples(url: str) -> int:
+    log.info("%s has no shard manifest; counting its samples from the tar headers", url)
+    keys: set[str] = set()
+    with _open_tar(url) as tf:
+        for member in tf:
+            keys.add(split_member(member.name.lstrip("./"))[0])
+    return len(keys)
+
+
+def _shard_from_url(url: str) -> ShardInfo:
+    name = url.rstrip("/").rsplit("/", 1)[-1].split(".tar")[0]
+    sidecar = _read_json(url[: -len(".tar")] + ".json") if url.endswith(".tar") else None
+    count = sidecar["num_samples"] if sidecar and "num_samples" in sidecar else _count_samples(url)
+    return ShardInfo(url, name, int(count))
+
+
+def _shards_from_manifest(root: str, manifest: dict) -> list[ShardInfo]:
+    shards = []
+    for entry in manifest["shards"]:
+        ref = entry.get("shard")
+        tar = entry.get("tar") or (f"{layout.SHARDS_DIR}/{layout.shard_name(ref)}.tar" if isinstance(ref, int) else ref)
+        url = _join(root, str(tar))
+        name = url.rstrip("/").rsplit("/", 1)[-1].split(".tar")[0]
+        shards.append(ShardInfo(url, name, int(entry["num_samples"])))
+    return shards
+
+
+def resolve_shards(source: str | os.PathLike | Sequence[str]) -> list[ShardInfo]:
+    """Shards of a store directory/URL (via its manifest), a glob of tar URLs, or a list of tar URLs."""
+    if isinstance(source, (list, tuple)):
+        return [_shard_from_url(str(u)) for u in source]
+    text = str(source)
+    if any(c in text for c in "*?["):
+        fs, _, paths = fsspec.core.get_fs_token_paths(text)
+        urls = [p if _local_path(text) is not None else fs.unstrip_protocol(p) for p in sorted(paths)]
+        if not urls:
+            raise StoreError(f"no shard matches {text!r}; Fix: check the glob (e.g. 'OUT/shards/shard-*.tar')")
+        return [_shard_from_url(u) for u in urls]
+    if text.endswith(".tar"):
+        return [_shard_from_url(text)]
+    manifest = _read_json(_join(text, layout.JOB_MANIFEST))
+    if manifest and manifest.get("shards"):
+        return _shards_from_manifest(text, manifest)
+    fallback = _join(text, f"{layout.SHARDS_DIR}/shard-*.tar")
+    if _local_path(text) is not None and os.path.isdir(os.path.join(text, layout.SHARDS_DIR)):
+        return resolve_shards(fallback)
+    raise StoreError(f"{text!r} has no {layout.JOB_MANIFEST} listing shards; Fix: build the store with "
+                     "`motiondata build`, or pass a glob / list of shard tar URLs")
+
+
+# ----------------------------------------------------------------------------- reading one shard
+
+@contextmanager
+def _open_tar(url: str) -> Iterator[tarfile.TarFile]:
+    path = _local_path(url)
+    if path is not None:  # seekable: members we do not want are skipped without reading them
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tf:
+            yield tf
+    else:  # any fsspec URL, read once front to back
+        with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            yield tf
+
+
+def _corrupt(policy: str, shard: ShardInfo, key: str | None, problem: str) -> None:
+    fix = "rebuild this shard (delete it and its .json, then rerun `motiondata build`)"
+    if policy == "raise":
+        raise StoreError(f"{problem}. Fix: {fix}, or load with on_corrupt='skip'", shard=shard.name, key=key)
+    log.warning("skipping corrupt data: %s", StoreError(f"{problem}. Fix: {fix}", shard=shard.name, key=key))
+
+
+def _ended_cleanly(tf: tarfile.TarFile, shard: ShardInfo, index: int) -> bool:
+    """tarfile stops silently at a bad header or a cut file: a complete shard has every sample its
+    manifest counts and (when seekable) ends in the two zero blocks of a tar."""
+    if index + 1 < shard.num_samples:
+        return False
+    if _local_path(shard.url) is None:
+        return True  # streamed once: the sample count is the check
+    tf.fileobj.seek(tf.offset)
+    tail = tf.fileobj.read(END_OF_ARCHIVE)
+    return len(tail) == END_OF_ARCHIVE and not tail.strip(b"\0")
+
+
+def read_shard(shard: ShardInfo, wanted: dict[int, Any], fields: set[str] | None = None,
+               on_corrupt: str = "skip") -> Iterator[tuple[Any, dict | None]]:
+    """Yield ``(tag, sample)`` for the samples whose index in the shard is in ``wanted`` (index -> tag),
+    decoding only ``fields``. A corrupt sample (and, on a cut or damaged tar, the sample being read and
+    all after it) yields ``(tag, None)`` under ``on_corrupt="skip"`` and raises under ``"raise"``."""
+    if not wanted:
+        return
+    last, index, key, sample, done, clean = max(wanted), -1, None, None, set(), False
+    try:
+        with _open_tar(shard.url) as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                k, fld, ext = split_member(member.name.lstrip("./"))
+                if k != key:
+                    if index in wanted:
+                        done.add(index)
+                        yield wanted[index], sample
+                    index, key = index + 1, k
+                    if index > last:
+                        return
+                    sample = {"__key__": k} if index in wanted else None
+                if sample is None or (fields is not None and fld not in fields):
+                    continue
+                try:
+                    sample[fld] = decode_value(ext, tf.extractfile(member).read())
+                except (ValueError, OSError, EOFError, StoreError, tarfile.TarError) as exc:
+                    _corrupt(on_corrupt, shard, k, f"field {fld!r} cannot be decoded ({exc})")
+                    sample = None
+            clean = _ended_cleanly(tf, shard, index)
+        if not clean:
+            _corrupt(on_corrupt, shard, key, f"the tar stops inside sample {index + 1} of {shard.num_samples} "
+                     "(truncated file or damaged tar header)")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        _corrupt(on_corrupt, shard, key, f"tar unreadable in sample {index + 1} ({type(exc).__name__}: {exc})")
+    if clean and index in wanted and index not in done:
+        done.add(index)
+        yield wanted[index], sample
+    for i in sorted(set(wanted) - done):
+        yield wanted[i], None
+
+
+def available_fields(source: Any) -> list[str]:
+    """Field names of a store's first sample, from its tar member names (nothing is decoded)."""
+    shard = next((s for s in resolve_shards(source) if s.num_samples > 0), None)
+    if shard is None:
+        raise StoreError(f"{source!r} holds no samples; Fix: check the build's errors.jsonl")
+    names: set[str] = set()
+    first = None
+    with _open_tar(shard.url) as tf:
+        for member in tf:
+            key, fld, _ = split_member(member.name.lstrip("./"))
+            if first is not None and key != first:
+                break
+            first = key
+            names.add(fld)
+    return sorted(names)
+
+
+# ----------------------------------------------------------------------------- the epoch plan
+
+def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
+    """Output order of a shuffle buffer of size ``buffer`` fed 0..n-1: entry p is < p + buffer."""
+    if buffer <= 1:
+        return np.arange(n, dtype=np.int64)
+    draws, buf, out = rng.random(n), [], np.empty(n, dtype=np.int64)
+    p = 0
+    for i in range(n):
+        buf.append(i)
+        if len(buf) >= buffer:
+            j = int(draws[p] * len(buf))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out[p], p = buf.pop(), p + 1
+    while buf:
+        j = int(draws[p] * len(buf))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        out[p], p = buf.pop(), p + 1
+    return out
+
+
+def slot_runs(shards: Sequence[ShardInfo], order: Sequence[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """``(shard index, first sample, stop sample)`` runs covering global positions ``start..stop-1`` of the
+    concatenation of ``shards`` taken in ``order`` (positions past the end wrap around)."""
+    counts = np.array([shards[i].num_samples for i in order], dtype=np.int64)
+    ends, total, runs = np.cumsum(counts), int(counts.sum()), []
+    while start < stop:
+        g = start % total
+        i = int(np.searchsorted(ends, g, side="right"))
+        offset = g - int(ends[i] - counts[i])
+        take = min(int(counts[i]) - offset, stop - start)
+        runs.append((int(order[i]), offset, offset + take))
+        start += take
+    return runs
+
+
+# ----------------------------------------------------------------------------- dataset
+
+class StreamingDataset(IterableDataset):
+    """Yields collated batches of one rank; use through ``StreamingLoader`` (which keeps the state)."""
+
+    def __init__(self, source: Any, batch_size: int, fields: Sequence[str] | None = None, *,
+                 shuffle: bool = True, shuffle_buffer: int = 256, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, on_corrupt: str = "skip", partial: str = "drop",
+                 transform: Callable[[dict], dict] | None = None, collate: Callable = collate_samples):
+        if on_corrupt not in POLICIES or partial not in PARTIALS:
+            raise ValueError(f"on_corrupt must be one of {POLICIES} and partial one of {PARTIALS}; "
+                             f"got {on_corrupt!r}, {partial!r}")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}")
+        self.shards = resolve_shards(source)
+        self.total = sum(s.num_samples for s in self.shards)
+        if self.total == 0:
+            raise StoreError(f"{source!r} holds no samples; Fix: check the build's errors.jsonl")
+        self.batch_size, self.fields = batch_size, (set(fields) if fields is not None else None)
+        self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
+        self.rank, self.world_size, self.on_corrupt, self.partial = rank, world_size, on_corrupt, partial
+        self.transform, self.collate = transform, collate
+        self.epoch, self.skip_batches = 0, 0  # set by StreamingLoader before each pass
+
+    def batches_per_slot(self, num_workers: int) -> int:
+        slots, bs = self.world_size * max(num_workers, 1), self.batch_size
+        count = self.total // (slots * bs) if self.partial == "drop" else -(-self.total // (slots * bs))
+        if count == 0:
+            raise StoreError(f"{self.total} samples are fewer than one batch of {bs} for each of {slots} "
+                             "rank x worker slots; Fix: lower batch_size or num_workers, or use partial='wrap'")
+        return count
+
+    def _shard_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.shards))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards))
+
+    def _read_runs(self, runs: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, dict | None]]:
+        base = 0
+        for shard_index, first, stop in runs:
+            wanted = {i: base + i - first for i in range(first, stop) if needed[base + i - first]}
+            yield from read_shard(self.shards[shard_index], wanted, self.fields, self.on_corrupt)
+            base += stop - first
+
+    def iter_slot(self, slot: int, num_slots: int, skip: int = 0) -> Iterator[dict | None]:
+        """Samples (None for a skipped corrupt one) of ``slot`` this epoch, from batch ``skip`` on."""
+        m = self.batches_per_slot(num_slots // self.world_size) * self.batch_size
+        runs = slot_runs(self.shards, self._shard_order(), slot * m, (slot + 1) * m)
+        buffer = self.shuffle_buffer if self.shuffle else 1
+        order = shuffle_order(m, buffer, np.random.default_rng([self.seed, self.epoch, slot, 1]))
+        needed = np.zeros(m, dtype=bool)
+        needed[order[skip * self.batch_size:]] = True
+        reader, held = self._read_runs(runs, needed), {}
+        for target in order[skip * self.batch_size:]:
+            while target not in held:
+                tag, sample = next(reader)
+                held[tag] = sample
+            sample = held.pop(target)
+            yield self.transform(sample) if sample is not None and self.transform else sample
+
+    def _batches(self, samples: Iterator[dict | None]) -> Iterator[dict]:
+        last_good: list[dict] = []
+        while True:
+            chunk = [s for _, s in zip(range(self.batch_size), samples)]
+            if not chunk:
+                return
+            good = [s for s in chunk if s is not None] or last_good
+            if not good:
+                raise StoreError("every sample of a batch is corrupt and no earlier batch exists to stand in; "
+                                 "Fix: rebuild the store's corrupt shards")
+            last_good = good
+            yield self.collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info else (1, 0)
+        k = self.skip_batches
+        role = (k + wid) % workers  # round-robin continues at the worker that owns batch k
+        slot = self.rank * workers + role
+        if info is not None:
+            torch.set_num_threads(1)  # workers only decode; leave the cores to the trainer
+        yield from self._batches(self.iter_slot(slot, self.world_size * workers, (k + wid) // workers))
+
+
+# ----------------------------------------------------------------------------- loader
+
+def _default_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class StreamingLoader:
+    """Resumable batch iterator over a store for one rank.
+
+    Iterating runs the rest of the current epoch, then advances the epoch; ``state_dict()`` taken after
+    receiving a batch resumes right after it. ``device="cuda"`` copies batches ahead on a side stream.
+    """
+
+    def __init__(self, source: Any, batch_size: int, fields: Sequence[str] | None = None, *,
+                 num_workers: int = 0, shuffle: bool = True, shuffle_buffer: int = 256, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, on_corrupt: str = "skip",
+                 partial: str = "drop", transform: Callable[[dict], dict] | None = None,
+                 device: str | torch.device | None = None, pin_memory: bool | None = None,
+                 prefetch_factor: int = 4):
+        default_rank, default_world = _default_rank()
+        self.dataset = StreamingDataset(
+            source, batch_size, fields, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
+            rank=default_rank if rank is None else rank, world_size=default_world if world_size is None else world_size,
+            on_corrupt=on_corrupt, partial=partial, transform=transform)
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.device = torch.device(device) if device is not None else None
+        cuda = self.device is not None and self.device.type == "cuda"
+        self.pin_memory = cuda if pin_memory is None else pin_memory
+        self.epoch, self.batches = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return self.dataset.batches_per_slot(self.num_workers) * max(self.num_workers, 1)
+
+    def _fingerprint(self) -> dict[str, int]:
+        ds = self.dataset
+        return {"batch_size": ds.batch_size, "world_size": ds.world_size, "rank": ds.rank,
+                "num_workers": self.num_workers, "seed": ds.seed, "total": ds.total}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, **self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        changed = {k: (state.get(k), v) for k, v in self._fingerprint().items() if state.get(k, v) != v}
+        if changed:
+            raise ValueError(f"loader state was saved with other settings {changed} (saved, now); the sample "
+                             "order would differ. Fix: resume with the same batch_size, world_size, "
+                             "num_workers, seed and store")
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.batches = int(epoch), 0
+
+    def _dataloader(self) -> DataLoader:
+        extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
+        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, **extra)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.batches >= len(self):
+            self.epoch, self.batches = self.epoch + 1, 0
+        self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
+        batches = self._dataloader()
+        for batch in DevicePrefetcher(batches, self.device) if self.device is not None else batches:
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
