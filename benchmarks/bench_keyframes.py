@@ -28,6 +28,7 @@ from motiondata.store.layout import atomic_write_text
 DEMO = Path("tokenizers/vqgan/demo")
 SAMPLE = Path("data/sample/aloha_sim.hdf5")
 OUT = Path("docs/bench/keyframes.md")
+REPEATS = 3
 
 
 def bench_frames(episodes: int, length: int = 120, size: int = 128) -> tuple[list[np.ndarray], str]:
@@ -66,6 +67,39 @@ def baseline_run(stage: KeyframeStage, frames: list[np.ndarray], window: int, st
     return time.perf_counter() - start, out
 
 
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def best_of(repeats: int, fn, *args) -> tuple[float, list]:
+    """Fastest of ``repeats`` runs (the machine is shared; the minimum is the least disturbed)."""
+    runs = [fn(*args) for _ in range(repeats)]
+    return min(t for t, _ in runs), runs[0][1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def codec_rows(stage: KeyframeStage, frames: np.ndarray) -> list[str]:
+    """Raw encode throughput (distinct frames/s) at batch 1 and at the stage's batch size."""
+    rows = []
+    for batch in (1, stage.batch_size):
+        codec = cached_vqgan_codec(stage.config, stage.weights, "cpu", "fp32", stage.size, batch)
+        codec.encode(frames[:batch])
+        seconds, _ = best_of(REPEATS, lambda: (timed(codec.encode, frames), None))
+        rows.append(f"| encode, batch {batch} | {len(frames)} | {len(frames) / seconds:.1f} |")
+    return rows
+
+
 def run(episodes: int, threads: int) -> str:
     torch.set_num_threads(threads)
     stage = KeyframeStage(config=str(DEMO / "model.yaml"), weights=str(DEMO / "model.safetensors"), device="cpu")
@@ -73,27 +107,29 @@ def run(episodes: int, threads: int) -> str:
     stage.encode(frames[0][:2])  # load + warm up outside the timings
     rows = []
     for window, stride in ((17, 8), (17, 1)):
-        t_stage, codes_stage = stage_run(stage, frames, window, stride)
-        t_base, codes_base = baseline_run(stage, frames, window, stride)
+        t_stage, codes_stage = best_of(REPEATS, stage_run, stage, frames, window, stride)
+        t_base, codes_base = best_of(REPEATS, baseline_run, stage, frames, window, stride)
         assert all(np.array_equal(a, b) for a, b in zip(codes_stage, codes_base)), "codes differ"
         n = sum(len(c) for c in codes_stage)
         rows.append(f"| {window} / {stride} | {len(codes_stage)} | {n} | {n / t_base:.1f} | {n / t_stage:.1f} | "
                     f"{t_base / t_stage:.2f}x |")
     cfg = stage.codec().model.config
+    raw = codec_rows(stage, frames[0][:64])
     return "\n".join([
         "# Keyframe encoding (VQGAN codes), CPU", "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch "
         f"{torch.__version__}, {threads} torch thread(s). Data: {what}, {len(frames)} episode(s) of "
         f"{sum(map(len, frames))} frames, first camera.",
         f"Model: demo VQGAN ({DEMO}), {cfg.resolution}x{cfg.resolution} input, {cfg.downsample}x downsampling, "
         f"{cfg.n_embed} codes; policy chunk_starts (chunk 10, 2 keyframes per sample).", "",
-        "Keyframes/s counts keyframes delivered into samples (2 per sample). Baseline: a per-sample loop over "
+        f"Timings: best of {REPEATS} runs. Keyframes/s counts keyframes delivered into samples (2 per sample). Baseline: a per-sample loop over "
         "taming's modules (batch = one sample's keyframes). Codes are identical.", "",
         "| window / stride | samples | keyframes | baseline keyframes/s | KeyframeStage keyframes/s | speed-up |",
         "|---|---|---|---|---|---|", *rows, "",
         "The stage encodes each distinct frame once per episode and batches them (batch_size 16); with "
         "overlapping windows (stride 1) most keyframes are shared, which is where most of the gain comes from.",
-        "",
+        "", "Raw encoder throughput (frames -> codes, resize included):", "",
+        "| call | frames | frames/s |", "|---|---|---|", *raw, "",
     ])
 
 

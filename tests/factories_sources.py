@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -26,14 +27,14 @@ def asymmetric_frames(t: int, h: int = 16, w: int = 20, seed: int = 0) -> np.nda
 
 
 def frame_id_frames(t: int, h: int = 32, w: int = 48) -> np.ndarray:
-    """Flat gray frames with brightness 20 + 5 * i: frame i is recognisable after lossy encoding."""
-    levels = (20 + 5 * np.arange(t)).clip(0, 255).astype(np.uint8)
+    """Flat gray frames with brightness 16 + 6 * i (i < 40): frame i is recognisable after lossy encoding."""
+    levels = (16 + 6 * np.arange(t)).clip(0, 255).astype(np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (t, h, w, 3)).copy()
 
 
 def frame_ids(frames: np.ndarray) -> np.ndarray:
     """Inverse of ``frame_id_frames``: the index of every decoded frame."""
-    return np.rint((frames.reshape(len(frames), -1).mean(axis=1) - 20) / 5).astype(int)
+    return np.rint((frames.reshape(len(frames), -1).mean(axis=1) - 16) / 6).astype(int)
 
 
 def random_quats(n: int, seed: int = 0) -> np.ndarray:
@@ -173,13 +174,19 @@ def write_replay_buffer(path: Path, lengths: tuple[int, ...] = (5, 7, 8), size: 
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 10, codec: str = "libx264",
-                container_options: dict | None = None) -> Path:
-    """Encode ``frames`` (T, H, W, 3) uint8 with PyAV (yuv420p)."""
+                container_options: dict | None = None, bit_rate: int | None = 4_000_000, first_pts: int = 0) -> Path:
+    """Encode ``frames`` (T, H, W, 3) uint8 with PyAV (yuv420p). The high default bit rate keeps frame ids
+    readable through lossy codecs (mpeg4's default quality is poor); SVT-AV1 needs ``bit_rate=None``."""
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if first_pts:  # a stream that starts later than 0 s (start_time != 0)
+                video_frame.pts, video_frame.time_base = first_pts + i, Fraction(1, int(fps))
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

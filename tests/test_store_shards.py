@@ -197,3 +197,25 @@ def test_field_summary_marks_varying_axes():
         merge_field_info(summary, {"t": {"dtype": "int64", "shape": [5]}})
     with pytest.raises(StoreError, match="rank"):
         merge_field_info(summary, {"t": {"dtype": "int32", "shape": [5, 1]}})
+
+
+def test_samples_breaking_the_field_contract_are_refused(tmp_path):
+    sample = make_sample("ep", 2)
+    sample["fast.tokens"] = sample["fast.tokens"].astype(np.int64)
+    with pytest.raises(StoreError, match="fast.tokens") as err:
+        write_shard(tmp_path / "shard-000000.tar", [make_sample("ep", 1), sample])
+    assert err.value.key == "ep_w0002"
+    del sample["meta"]
+    with pytest.raises(StoreError, match="meta"):
+        write_shard(tmp_path / "shard-000000.tar", [sample])
+    assert write_shard(tmp_path / "shard-000000.tar", [sample], check_samples=False)["num_samples"] == 1
+
+
+def test_long_member_names_roundtrip(tmp_path):
+    sample = {"__key__": "k" * 120, "meta": {"episode": "e", "window": 0, "start": 0, "length": 1},
+              "rgb." + "c" * 90: np.zeros((1, 2, 2, 3), np.uint8)}
+    path = tmp_path / "shard-000000.tar"
+    info = write_shard(path, [sample])
+    assert write_shard(tmp_path / "again.tar", [sample])["sha256"] == info["sha256"]
+    (back,) = iter_shard(path)
+    assert_same_sample(sample, back)

@@ -148,3 +148,20 @@ def test_cuda_half_precision_codes_mostly_agree(taming_ckpt):
     assert codes.shape == cpu.shape and codes.dtype == np.int32
     assert (codes == cpu).mean() > 0.8
     assert gpu.decode(codes).shape == (4, 32, 32, 3)
+
+
+def test_train_tiny_vqgan_writes_a_loadable_taming_model(tmp_path):
+    import h5py
+
+    from motiondata.encode.train_tiny_vqgan import main
+    from tests.factories_vqgan import moving_square_frames
+
+    with h5py.File(tmp_path / "demo.hdf5", "w") as f:
+        for i in range(2):
+            f.create_dataset(f"data/demo_{i}/obs/agentview_rgb", data=moving_square_frames(12, 40, seed=i))
+            f.create_dataset(f"data/demo_{i}/actions", data=np.zeros((12, 7), np.float32))
+    metrics = main(["--data", str(tmp_path / "demo.hdf5"), "--out", str(tmp_path / "out"), "--size", "32",
+                    "--steps", "2", "--batch", "4", "--n-embed", "32"])
+    assert metrics["steps"] == 2 and metrics["held_out"]["codes_per_keyframe"] == [8, 8]
+    model = load_vqgan(tmp_path / "out" / "model.yaml", tmp_path / "out" / "model.safetensors")
+    assert model.config.n_embed == 32 and (tmp_path / "out" / "metrics.json").is_file()

@@ -4,7 +4,7 @@
 
 Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
 temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
-Data: random 5-frame (1+4) clips, random 64x64 crops, from the episodes' ``data/demo_*/obs/*_rgb`` arrays
+Data: random 5-frame (1+4) clips, random 32x32 crops (8 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
 (LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
 Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
 After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
@@ -108,7 +108,7 @@ def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max
         opt.step()
         losses.append(loss.item())
         step += 1
-        if step % 50 == 0:
+        if step % 25 == 0:
             log.info("step %d  loss %.4f  (%.0f s)", step, np.mean(losses[-50:]), time.monotonic() - start)
     model.eval()
     return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": float(np.mean(losses[-50:]))}
@@ -136,6 +136,16 @@ def reconstruction_psnr(vae: VideoVae, streams: list[np.ndarray], window: int = 
             clip = s[None, start:start + window]
             scores.append(psnr(vae.decode(vae.encode(clip))[0], clip[0, : vae.frames_used(window)]))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def center_crops(streams: list[np.ndarray], size: int = 128, frames: int = 17) -> list[np.ndarray]:
+    """The first ``frames`` frames of each stream, centre-cropped to ``size`` x ``size`` (when large enough)."""
+    out = []
+    for s in streams:
+        if s.shape[0] >= frames and min(s.shape[1:3]) >= size:
+            y, x = (s.shape[1] - size) // 2, (s.shape[2] - size) // 2
+            out.append(s[:frames, y:y + size, x:x + size])
+    return out
 
 
 def save_atomic(model: torch.nn.Module, out: Path, fp16: bool, info: dict) -> None:
@@ -183,9 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="tokenizers/vae/demo-wan")
     p.add_argument("--minutes", type=float, default=9.0)
     p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
@@ -205,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     info.update(data=str(args.data), videos=[Path(v).name for v in args.videos], config=DEMO_CONFIG,
                 diffusers=diffusers.__version__, torch=torch.__version__,
                 psnr_train_episodes=round(reconstruction_psnr(vae, episodes), 2) if episodes else None,
-                psnr_heldout_episode=round(reconstruction_psnr(vae, held_out), 2) if held_out else None)
+                psnr_heldout_episode=round(reconstruction_psnr(vae, held_out), 2) if held_out else None,
+                psnr_videos_128=round(reconstruction_psnr(vae, center_crops(streams[len(episodes):])), 2))
     log.info("result: %s", json.dumps(info))
     save_atomic(model, Path(args.out), not args.fp32, info)
     return info

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -106,32 +107,43 @@ def sample_batch(frames: torch.Tensor, batch: int, generator: torch.Generator) -
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def learning_rate(peak: float, progress: float, warmup: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to 2% of ``peak`` at ``progress`` 1."""
+    if progress < warmup:
+        return peak * (0.1 + 0.9 * progress / warmup)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+    return peak * (0.02 + 0.98 * cos)
+
+
 def train(frames: np.ndarray, cfg: VQGANConfig, steps: int, batch: int, lr: float, seed: int,
-          minutes: float) -> TamingVQModel:
+          minutes: float) -> tuple[TamingVQModel, int]:
+    """Train from scratch; returns the model (eval mode) and the number of steps run."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = TamingVQModel(cfg).train()
     data = torch.from_numpy(frames)
     init_codebook(model, sample_batch(data, 4 * batch, gen), gen)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    used, start = torch.zeros(cfg.n_embed), time.monotonic()
+    used, start, progress = torch.zeros(cfg.n_embed), time.monotonic(), 0.0
     for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(lr, progress)
         loss, indices, info = train_step(model, sample_batch(data, batch, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         used += torch.bincount(indices.flatten(), minlength=cfg.n_embed)
-        if step % 50 == 0 and step < 0.8 * steps:
+        # progress: by steps, or by wall clock when the time budget binds first (then the run is not bit-exact)
+        progress = max(step / steps, (time.monotonic() - start) / (minutes * 60))
+        if step % 50 == 0 and progress < 0.8:
             dead = reseed_dead_codes(model, used, info["h"], gen)
             used.zero_()
             log.info("step %d rec %.4f vq %.4f reseeded %d codes (%.0f s)", step, info["rec"], info["vq"],
                      dead, time.monotonic() - start)
-        if time.monotonic() - start > minutes * 60:
+        if progress >= 1.0 and step < steps:
             log.warning("time budget of %.1f min reached at step %d of %d", minutes, step, steps)
             break
-    return model.eval()
+    return model.eval(), step
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -175,12 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
     frames = np.concatenate(train_eps)
     log.info("%d episodes (%d held out), %d training frames at %d px", len(episodes), len(held_out), len(frames),
              args.size)
-    model = train(frames, demo_config(args.size, args.n_embed), args.steps, args.batch, args.lr, args.seed,
-                  args.minutes)
+    model, done = train(frames, demo_config(args.size, args.n_embed), args.steps, args.batch, args.lr, args.seed,
+                        args.minutes)
     save_vqgan(model, args.out)
     codec = VQGANCodec(model, batch_size=32)
-    metrics = {"data": [str(p) for p in args.data], "steps": args.steps, "batch": args.batch, "seed": args.seed,
-               "train": evaluate(codec, train_eps)}
+    metrics = {"data": [str(p) for p in args.data], "steps": done, "size": args.size, "batch": args.batch,
+               "seed": args.seed, "train": evaluate(codec, train_eps)}
     if held_out:
         metrics["held_out"] = evaluate(codec, held_out)
     atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

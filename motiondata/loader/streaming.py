@@ -18,7 +18,8 @@ How samples are assigned (every epoch, the same on every rank and worker, no com
 
 With ``num_workers = W`` the DataLoader takes batches from its workers round-robin; the loader state is
 (epoch, batches consumed on this rank), and on resume worker w plays slot ``(k + w) mod W`` so the
-sequence continues exactly. Resume with the same batch size, world size, worker count and seed.
+sequence continues exactly. Resume with the same batch size, world size, worker count and seed. One
+DataLoader iterator runs epoch after epoch, so workers never restart and prefetch across epoch ends.
 
 A corrupt shard or sample (bad tar header, truncated file, undecodable ``.npy``, missing file) is
 reported with its shard and key, then either raises ``StoreError`` (``on_corrupt="raise"``) or is
@@ -98,14 +99,7 @@ def _shard_from_url(url: str) -> ShardInfo:
 
 
 def _shards_from_manifest(root: str, manifest: dict) -> list[ShardInfo]:
-    shards = []
-    for entry in manifest["shards"]:
-        ref = entry.get("shard")
-        tar = entry.get("tar") or (f"{layout.SHARDS_DIR}/{layout.shard_name(ref)}.tar" if isinstance(ref, int) else ref)
-        url = _join(root, str(tar))
-        name = url.rstrip("/").rsplit("/", 1)[-1].split(".tar")[0]
-        shards.append(ShardInfo(url, name, int(entry["num_samples"])))
-    return shards
+    return [ShardInfo(_join(root, e["tar"]), e["shard"], int(e["num_samples"])) for e in manifest["shards"]]
 
 
 def resolve_shards(source: str | os.PathLike | Sequence[str]) -> list[ShardInfo]:
@@ -124,9 +118,9 @@ def resolve_shards(source: str | os.PathLike | Sequence[str]) -> list[ShardInfo]
     manifest = _read_json(_join(text, layout.JOB_MANIFEST))
     if manifest and manifest.get("shards"):
         return _shards_from_manifest(text, manifest)
-    fallback = _join(text, f"{layout.SHARDS_DIR}/shard-*.tar")
     if _local_path(text) is not None and os.path.isdir(os.path.join(text, layout.SHARDS_DIR)):
-        return resolve_shards(fallback)
+        log.warning("%s has no %s yet (job unfinished?): streaming the shards present", text, layout.JOB_MANIFEST)
+        return resolve_shards(_join(text, f"{layout.SHARDS_DIR}/shard-*.tar"))
     raise StoreError(f"{text!r} has no {layout.JOB_MANIFEST} listing shards; Fix: build the store with "
                      "`motiondata build`, or pass a glob / list of shard tar URLs")
 
@@ -290,10 +284,10 @@ class StreamingDataset(IterableDataset):
                              "rank x worker slots; Fix: lower batch_size or num_workers, or use partial='wrap'")
         return count
 
-    def _shard_order(self) -> np.ndarray:
+    def _shard_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.shards))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
 
     def _read_runs(self, runs: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, dict | None]]:
         base = 0
@@ -302,12 +296,12 @@ class StreamingDataset(IterableDataset):
             yield from read_shard(self.shards[shard_index], wanted, self.fields, self.on_corrupt)
             base += stop - first
 
-    def iter_slot(self, slot: int, num_slots: int, skip: int = 0) -> Iterator[dict | None]:
-        """Samples (None for a skipped corrupt one) of ``slot`` this epoch, from batch ``skip`` on."""
+    def iter_slot(self, slot: int, num_slots: int, epoch: int, skip: int = 0) -> Iterator[dict | None]:
+        """Samples (None for a skipped corrupt one) of ``slot`` in ``epoch``, from batch ``skip`` on."""
         m = self.batches_per_slot(num_slots // self.world_size) * self.batch_size
-        runs = slot_runs(self.shards, self._shard_order(), slot * m, (slot + 1) * m)
+        runs = slot_runs(self.shards, self._shard_order(epoch), slot * m, (slot + 1) * m)
         buffer = self.shuffle_buffer if self.shuffle else 1
-        order = shuffle_order(m, buffer, np.random.default_rng([self.seed, self.epoch, slot, 1]))
+        order = shuffle_order(m, buffer, np.random.default_rng([self.seed, epoch, slot, 1]))
         needed = np.zeros(m, dtype=bool)
         needed[order[skip * self.batch_size:]] = True
         reader, held = self._read_runs(runs, needed), {}
@@ -332,14 +326,19 @@ class StreamingDataset(IterableDataset):
             yield self.collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
 
     def __iter__(self) -> Iterator[dict]:
+        """Batches of this rank from (epoch, skip_batches) on, epoch after epoch without end: a DataLoader
+        iterator lives across epochs, so its workers never restart and prefetching never stalls."""
         info = get_worker_info()
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         k = self.skip_batches
-        role = (k + wid) % workers  # round-robin continues at the worker that owns batch k
-        slot = self.rank * workers + role
+        role = (k + wid) % workers  # round-robin continues at the worker that owns batch k; an epoch is a
+        slot = self.rank * workers + role  # multiple of `workers` batches, so roles hold across epochs
         if info is not None:
             torch.set_num_threads(1)  # workers only decode; leave the cores to the trainer
-        yield from self._batches(self.iter_slot(slot, self.world_size * workers, (k + wid) // workers))
+        epoch, skip = self.epoch, (k + wid) // workers
+        while True:
+            yield from self._batches(self.iter_slot(slot, self.world_size * workers, epoch, skip))
+            epoch, skip = epoch + 1, 0
 
 
 # ----------------------------------------------------------------------------- loader
@@ -373,6 +372,7 @@ class StreamingLoader:
         cuda = self.device is not None and self.device.type == "cuda"
         self.pin_memory = cuda if pin_memory is None else pin_memory
         self.epoch, self.batches = 0, 0
+        self._live: Iterator[dict[str, Any]] | None = None  # one batch stream across epochs
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""
@@ -392,10 +392,14 @@ class StreamingLoader:
             raise ValueError(f"loader state was saved with other settings {changed} (saved, now); the sample "
                              "order would differ. Fix: resume with the same batch_size, world_size, "
                              "num_workers, seed and store")
-        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+        self.epoch, self.batches, self._live = int(state["epoch"]), int(state["batches"]), None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.batches = int(epoch), 0
+        self.epoch, self.batches, self._live = int(epoch), 0, None
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the loader is garbage-collected)."""
+        self._live = None
 
     def _dataloader(self) -> DataLoader:
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
@@ -403,11 +407,15 @@ class StreamingLoader:
                           pin_memory=self.pin_memory, **extra)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch; the next ``iter()`` continues with the next epoch."""
         if self.batches >= len(self):
             self.epoch, self.batches = self.epoch + 1, 0
-        self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
-        batches = self._dataloader()
-        for batch in DevicePrefetcher(batches, self.device) if self.device is not None else batches:
+        if self._live is None:
+            self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
+            batches = self._dataloader()
+            self._live = iter(DevicePrefetcher(batches, self.device) if self.device is not None else batches)
+        while self.batches < len(self):
+            batch = next(self._live)
             self.batches += 1
             yield batch
         self.epoch, self.batches = self.epoch + 1, 0

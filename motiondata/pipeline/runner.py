@@ -24,8 +24,8 @@ from motiondata.pipeline.shard_task import build_shard, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import ensure_store
-from motiondata.store.manifest import read_shard_manifest, shard_done, software_versions
-from motiondata.store.stats import merge_partials
+from motiondata.store.manifest import check_job_manifest, read_shard_manifest, shard_done, software_versions
+from motiondata.store.stats import merge_partials, read_partial_stats
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
              result: JobResult) -> None:
     manifests = [m for m in (read_shard_manifest(out, p.index) for p in plans) if m]
     errors = list(plan_errors) + [e for m in manifests for e in m["errors"]]
-    partials = [json.loads(layout.shard_stats(out, m["index"]).read_text()) for m in manifests]
+    partials = [read_partial_stats(out, m["index"]) for m in manifests]
     stats = merge_partials(partials).norm_stats() if partials else {"norm_stats": {}}
     result.num_samples = sum(m["num_samples"] for m in manifests)
     result.num_episodes = sum(len(m["episodes"]) for m in manifests)
@@ -147,11 +147,14 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
         "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
         "spec_hash": spec.hash(), "software": software_versions(),
         "stages": [{"name": s.name, "config_hash": s.config_hash()} for s in job_stages(spec)],
-        "shards": [{"shard": m["shard"], "tar": f"{layout.SHARDS_DIR}/{m['tar']}", "num_samples": m["num_samples"],
+        "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
                     "sha256": m["sha256"]} for m in manifests],
         "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,
         "complete": len(manifests) == len(plans), "created_by": f"motiondata {motiondata.__version__}",
     }
+    problems = check_job_manifest(job)
+    if problems:
+        raise MotionDataError("job manifest does not match its schema: " + "; ".join(problems))
     _write_if_changed(layout.job_manifest(out), json.dumps(job, indent=2, sort_keys=True) + "\n")
     _write_if_changed(layout.stats_file(out), json.dumps(stats, indent=2, sort_keys=True) + "\n")
     lines = sorted(json.dumps(e, sort_keys=True) for e in errors)

@@ -26,7 +26,7 @@ from motiondata.store.episodes_zarr import write_episode
 from motiondata.store.errors_log import error_record
 from motiondata.store.manifest import write_shard_manifest
 from motiondata.store.shards import write_shard
-from motiondata.store.stats import RunningStats
+from motiondata.store.stats import RunningStats, write_partial_stats
 
 log = logging.getLogger(__name__)
 BASE_PREFIXES = ("rgb.", "depth.")
@@ -127,16 +127,13 @@ class ShardBuilder:
     def build(self) -> dict[str, Any]:
         tar = layout.shard_tar(self.out, self.plan.index)
         info = write_shard(tar, self.samples())
-        layout.atomic_write_text(layout.shard_stats(self.out, self.plan.index),
-                                 json.dumps(self.stats.to_dict(), sort_keys=True))
-        fields: dict[str, Any] = {}
-        for sample in info["samples"]:
-            for name, desc in sample["fields"].items():
-                fields.setdefault(name, desc)
+        write_partial_stats(self.out, self.plan.index, self.stats)
+        for record, written in zip(self.records, info["samples"]):
+            record.update(bytes=written["bytes"], sha256=written["sha256"])
         manifest = {
-            "shard": layout.shard_name(self.plan.index), "index": self.plan.index, "tar": tar.name,
+            "shard": layout.shard_name(self.plan.index), "index": self.plan.index, "tar": f"{layout.SHARDS_DIR}/{tar.name}",
             "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": info["num_samples"],
-            "keys": [s["key"] for s in info["samples"]], "samples": self.records, "fields": fields,
+            "keys": [s["key"] for s in info["samples"]], "samples": self.records, "fields": info["fields"],
             "episodes": self.episodes, "units": self.plan.unit_ids(), "errors": self.errors,
             "spec_hash": self.spec.hash(),
         }

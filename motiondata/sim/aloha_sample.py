@@ -42,11 +42,11 @@ SIM_STEPS = 400  # ACT's episode length for sim_transfer_cube (8 s at 50 Hz)
 EE_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
 MAX_REWARD = 4
 PICK_HEIGHT = 0.0  # pads centre above the cube centre when grasping (m)
-HANDOVER_GAP = 0.01  # left pads centre this far (-x) from the cube centre at the handover (m)
+HANDOVER_GAP = 0.02  # left pads centre this far (-x) from the cube centre at the handover (m)
 REPLAN_STEP = 230  # the left arm's handover target is re-planned from the measured cube position here
-TRACK_GAIN = 0.05  # integral correction of the weld's sag: fraction of the pad position error added per step
-TRACK_LIMIT = 0.05  # bound of that correction (m)
-WELD_SOLIMP = (0.9, 0.95, 0.001)  # stiffer mocap welds than the scene's (0.25, 0.25, 0.001): the grippers follow the plan
+# Stiffer mocap welds than the scene's (0.25, 0.25, 0.001), which let the grippers sag 2-4 cm under gravity; with
+# these they follow the plan within about 1 cm. Only the helper mocap scene is changed, never the recorded one.
+WELD_SOLIMP = (0.9, 0.95, 0.001)
 
 
 # ----------------------------------------------------------------------------------------------- quaternions (wxyz)
@@ -102,38 +102,32 @@ def _track(waypoints: list, offset: np.ndarray) -> np.ndarray:
     return arm
 
 
-def plan_mocap(physics, box_xyz: np.ndarray, cube_now: np.ndarray | None = None) -> np.ndarray:
+def plan_mocap(start: tuple[np.ndarray, np.ndarray], offsets: list[np.ndarray], box_xyz: np.ndarray,
+               cube_now: np.ndarray | None = None) -> np.ndarray:
     """The mocap action of every step, (SIM_STEPS, 16): per arm xyz, quat wxyz, gripper (0 closed .. 1 open).
 
+    ``start`` is the (2, 3) mocap positions and (2, 4) quaternions at reset, ``offsets`` each arm's grasp_offset.
     Waypoints give the centre between the finger pads. Right arm: reach above the cube, descend, close, lift and
     carry it to the middle, wait, open, back off. Left arm: roll the gripper 90 degrees about its axis (fingers close
     vertically), wait beside the middle, then take the cube's free half at ``cube_now`` (where the right arm holds
     it; the plan is remade at REPLAN_STEP with the measured position), close, pull it away.
     """
-    off_left, off_right = grasp_offset(physics, 0), grasp_offset(physics, 1)
-    data = physics.data
-    start = [data.mocap_pos[i] + quat_rotate(data.mocap_quat[i], off) for i, off in enumerate((off_left, off_right))]
-    q_left, q_right = data.mocap_quat[0].copy(), data.mocap_quat[1].copy()
+    (pos, quat), (off_left, off_right) = start, offsets
+    q_left, q_right = quat
+    pads = [pos[i] + quat_rotate(quat[i], offsets[i]) for i in (0, 1)]
     pick = quat_mul(q_right, axis_quat((0, 1, 0), -60))  # right gripper pitched down towards the cube
     take = quat_mul(q_left, axis_quat((1, 0, 0), 90))  # left gripper rolled: fingers close vertically
     meet = np.array([0.0, 0.5, 0.25])
     grasp = box_xyz + [0, 0, PICK_HEIGHT]
     hand = (meet if cube_now is None else cube_now) + [-HANDOVER_GAP, 0, 0]
-    right = [(0, start[1], q_right, 0), (90, grasp + [0, 0, 0.08], pick, 1), (130, grasp, pick, 1),
+    right = [(0, pads[1], q_right, 0), (90, grasp + [0, 0, 0.08], pick, 1), (130, grasp, pick, 1),
              (170, grasp, pick, 0), (200, meet + [0.05, 0, 0.02], pick, 0), (220, meet, pick, 0),
              (320, meet, pick, 0), (340, meet, pick, 1), (380, meet + [0.1, 0, 0.04], pick, 1),
              (SIM_STEPS, meet + [0.1, 0, 0.04], pick, 1)]
-    left = [(0, start[0], q_left, 0), (100, meet + [-0.16, 0, 0], take, 1), (REPLAN_STEP, meet + [-0.12, 0, 0], take, 1),
+    left = [(0, pads[0], q_left, 0), (100, meet + [-0.16, 0, 0], take, 1), (REPLAN_STEP, meet + [-0.12, 0, 0], take, 1),
             (270, hand, take, 1), (300, hand, take, 0), (340, hand, take, 0), (380, hand + [-0.1, 0, 0], take, 0),
             (SIM_STEPS, hand + [-0.1, 0, 0], take, 0)]
     return np.concatenate([_track(left, off_left), _track(right, off_right)], axis=1)
-
-
-def pad_centres(physics) -> np.ndarray:
-    """(2, 3) the current centre between the finger pads, left then right arm."""
-    named = physics.named.data
-    return np.array([np.mean([named.geom_xpos[f"vx300s_{side}/10_{f}_gripper_finger"] for f in ("left", "right")],
-                             axis=0) for side in ("left", "right")])
 
 
 # ---------------------------------------------------------------------------------------------------------- tasks
@@ -175,34 +169,23 @@ def _environment(xml_name: str, task) -> control.Environment:
 
 
 def end_effector_pass(box_pose: np.ndarray) -> np.ndarray:
-    """Run the scripted plan on the mocap scene; return the (SIM_STEPS, 14) joint-position trajectory.
-
-    The soft weld lets the grippers sag a few cm under gravity, so an integral term moves each mocap target by the
-    accumulated error between planned and measured pad centres (bounded by TRACK_LIMIT).
-    """
+    """Run the scripted plan on the mocap scene; return the (SIM_STEPS, 14) joint-position trajectory."""
     env = _environment("bimanual_viperx_end_effector_transfer_cube.xml", _EndEffectorTask(box_pose))
     env.physics.model.eq_solimp[:, :3] = WELD_SOLIMP
     env.reset()
     physics = env.physics
     resting = physics.named.model.geom_size["red_box"][2]  # the cube is dropped from z=0.05 onto the table
     box_xyz = np.array([box_pose[0], box_pose[1], resting])
-    plan = plan_mocap(physics, box_xyz)
+    start = (physics.data.mocap_pos.copy(), physics.data.mocap_quat.copy())
     offsets = [grasp_offset(physics, arm) for arm in (0, 1)]
-    correction = np.zeros((2, 3))
+    plan = plan_mocap(start, offsets, box_xyz)
     joints, ctrl = [], []
     for step in range(SIM_STEPS):
         if step == REPLAN_STEP:
-            plan[step:, :8] = plan_mocap(physics, box_xyz, env.task.get_env_state(physics)[:3])[step:, :8]
+            plan[step:, :8] = plan_mocap(start, offsets, box_xyz, env.task.get_env_state(physics)[:3])[step:, :8]
         joints.append(env.task.get_qpos(physics))
         ctrl.append(physics.data.ctrl.copy())
-        action = plan[step].copy()
-        for arm in (0, 1):
-            action[8 * arm:8 * arm + 3] += correction[arm]
-        env.step(action)
-        for arm in (0, 1):
-            target = plan[step, 8 * arm:8 * arm + 3] + quat_rotate(plan[step, 8 * arm + 3:8 * arm + 7], offsets[arm])
-            error = target - pad_centres(physics)[arm]
-            correction[arm] = np.clip(correction[arm] + TRACK_GAIN * error, -TRACK_LIMIT, TRACK_LIMIT)
+        env.step(plan[step])
     traj, ctrl = np.array(joints), np.array(ctrl)
     # As in ACT: the gripper dims carry the commanded (not the measured) normalised opening.
     traj[:, 6] = normalize_puppet_gripper_position(ctrl[:, 0])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ import numpy as np
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import EpisodeValidationError, SourceError, SpecError
 
-log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -68,7 +66,9 @@ def source_errors(file: str, episode: str | None, what: str = "reading") -> Iter
     """Turn any exception raised while reading one unit into a SourceError naming the file."""
     try:
         yield
-    except SourceError:
+    except SourceError as exc:
+        if exc.episode is None and episode is not None:  # raised by a helper that did not know the unit
+            raise SourceError(exc.file, exc.reason, episode=episode) from exc
         raise
     except EpisodeValidationError as exc:
         raise SourceError(file, f"invalid episode: {exc}", episode=episode) from exc

@@ -35,6 +35,7 @@ import motiondata
 from motiondata.episode import ID_PATTERN
 from motiondata.errors import StoreError
 from motiondata.store.layout import zarr_episode, zarr_store
+from motiondata.store.manifest import schema_problems
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,6 @@ def write_episode(out: str | Path, episode_id: str, arrays: dict[str, np.ndarray
     """Write one episode group atomically (replacing an existing one); returns its path."""
     if not ID_PATTERN.match(episode_id):
         raise StoreError(f"episode id {episode_id!r} is not store-safe; build it with motiondata.episode.safe_id()")
-    from motiondata.store.manifest import schema_problems
-
     user_attrs = _json_attrs(attrs, episode_id)
     ensure_store(out)
     final = zarr_episode(out, episode_id)

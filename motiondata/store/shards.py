@@ -26,6 +26,7 @@ import numpy as np
 
 from motiondata.errors import StoreError
 from motiondata.store.layout import atomic_path
+from motiondata.store.manifest import schema_problems
 from motiondata.store.sample_codec import decode_value, sample_members, split_member
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,15 @@ def merge_field_info(summary: dict[str, dict], fields: dict[str, dict]) -> dict[
     return summary
 
 
-def _write_sample(tar: tarfile.TarFile, sample: dict[str, Any], seen: set[str], shard: str) -> dict:
+def check_sample(sample: dict[str, Any], shard: str | None = None) -> None:
+    """Raise ``StoreError`` naming the key when ``sample`` breaks ``schemas/sample.schema.json``."""
+    problems = schema_problems("sample", {"__key__": sample.get("__key__"), **describe_sample(sample, json_values=True)})
+    if problems:
+        raise StoreError("sample breaks schemas/sample.schema.json: " + "; ".join(problems[:5]) +
+                         " (fix the stage that writes this field, or the schema)", shard=shard, key=sample.get("__key__"))
+
+
+def _write_sample(tar: tarfile.TarFile, sample: dict[str, Any], seen: set[str], shard: str, check: bool) -> dict:
     key = sample.get("__key__")
     if not isinstance(key, str) or not key:
         raise StoreError("sample has no '__key__' string; give every sample a unique key", shard=shard)
@@ -103,9 +112,14 @@ def _write_sample(tar: tarfile.TarFile, sample: dict[str, Any], seen: set[str], 
         raise StoreError("duplicate key in one shard; keys must be unique (episode id + window index)",
                          shard=shard, key=key)
     seen.add(key)
-    members = sample_members(sample)
+    try:
+        members = sample_members(sample)
+    except StoreError as err:
+        raise StoreError(str(err), shard=shard, key=key) from err
     if not members:
         raise StoreError("sample has no fields; a sample needs at least 'meta'", shard=shard, key=key)
+    if check:
+        check_sample(sample, shard)
     nbytes = 0
     for name, data in members:
         tar.addfile(member_info(name, len(data)), io.BytesIO(data))
@@ -113,8 +127,10 @@ def _write_sample(tar: tarfile.TarFile, sample: dict[str, Any], seen: set[str], 
     return {"key": key, "fields": describe_sample(sample), "bytes": nbytes, "sha256": sample_digest(members)}
 
 
-def write_shard(path: str | Path, samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def write_shard(path: str | Path, samples: Iterable[dict[str, Any]], check_samples: bool = True) -> dict[str, Any]:
     """Write ``samples`` (an iterable, consumed once) as a deterministic WebDataset tar at ``path``.
+    With ``check_samples`` every sample is validated against ``schemas/sample.schema.json`` first
+    (about 1 ms per sample), so a stage breaking the field contract fails the shard, naming the key.
 
     Returns ``{"sha256", "bytes", "num_samples", "samples": [{"key", "fields", "bytes", "sha256"}], "fields"}``:
     per-sample ``bytes`` is the payload size of its members (headers excluded) and ``sha256`` their
@@ -131,7 +147,7 @@ def write_shard(path: str | Path, samples: Iterable[dict[str, Any]]) -> dict[str
             writer = _HashingWriter(raw)
             with tarfile.open(fileobj=writer, mode="w", format=TAR_FORMAT) as tar:  # type: ignore[call-overload]
                 for sample in samples:
-                    info = _write_sample(tar, sample, seen, shard)
+                    info = _write_sample(tar, sample, seen, shard, check_samples)
                     merge_field_info(summary, info["fields"])
                     infos.append(info)
     log.debug("wrote %s: %d samples, %d bytes", path, len(infos), writer.count)
@@ -151,9 +167,14 @@ def _check_end(tar: tarfile.TarFile, raw: Any, shard: str, last_key: str | None)
     """tarfile stops silently at a bad header or at EOF between members; a complete shard ends in zero
     blocks, so anything else after the last member means truncation or corruption."""
     raw.seek(tar.offset)
-    tail = raw.read()
-    if len(tail) < END_OF_ARCHIVE or tail.strip(b"\0"):
-        what = "truncated (no end-of-archive marker)" if not tail.strip(b"\0") else "corrupt tar header"
+    size, corrupt = 0, False
+    while block := raw.read(1 << 20):
+        size += len(block)
+        if block.strip(b"\0"):
+            corrupt = True
+            break
+    if corrupt or size < END_OF_ARCHIVE:
+        what = "corrupt tar header" if corrupt else "truncated (no end-of-archive marker)"
         raise StoreError(f"{what} after this sample at byte {tar.offset}; rewrite the shard "
                          "(delete it and its .json manifest, then resume the job)", shard=shard, key=last_key)
 
