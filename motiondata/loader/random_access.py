@@ -46,6 +46,7 @@ class WindowDataset(Dataset):
                              "(`motiondata build SPEC --out DIR`) and pass DIR")
         self.fields = list(fields) if fields is not None else None
         self._groups: dict[str, zarr.Group] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}  # opened arrays and window shapes, per process
         self._pid = os.getpid()
         self._info = {ep: self._episode_info(ep) for ep in self.episodes}
         self.index = self._build_index()
@@ -53,7 +54,7 @@ class WindowDataset(Dataset):
     # ---------------------------------------------------------------- metadata
     def _group(self, episode: str) -> zarr.Group:
         if self._pid != os.getpid():  # forked into a DataLoader worker: reopen there
-            self._groups, self._pid = {}, os.getpid()
+            self._groups, self._arrays, self._pid = {}, {}, os.getpid()
         if episode not in self._groups:
             self._groups[episode] = open_episode(self.store, episode)
         return self._groups[episode]
@@ -97,17 +98,24 @@ class WindowDataset(Dataset):
                              f"{info['per_frame']} and per-window {info['per_window']}. Fix: pass fields from "
                              "those (per-window fields need window=None)")
 
+    def _array(self, episode: str, path: str, load: bool = False) -> Any:
+        """Zarr array at ``path`` (opening one reads its metadata, so it is cached); ``load`` caches its data."""
+        key = (episode, path)
+        if key not in self._arrays:
+            node = self._group(episode)[path]
+            self._arrays[key] = node[...] if load else node
+        return self._arrays[key]
+
     def _read_frames(self, episode: str, start: int, stop: int) -> dict[str, np.ndarray]:
-        group = self._group(episode)
-        return {name: np.asarray(group[field_path(name)][start:stop])
+        return {name: np.asarray(self._array(episode, field_path(name))[start:stop])
                 for name in self._wanted(self._info[episode]["per_frame"])}
 
     def _read_window_fields(self, episode: str, w: int) -> dict[str, np.ndarray]:
-        group, out = self._group(episode), {}
+        out = {}
         for name in self._wanted(self._info[episode]["per_window"]):
             path = field_path(name, window=True)
-            value = np.asarray(group[path][w])
-            shape = np.asarray(group[path + SHAPES_SUFFIX][w])
+            value = np.asarray(self._array(episode, path)[w])
+            shape = self._array(episode, path + SHAPES_SUFFIX, load=True)[w]
             out[name] = value[tuple(slice(0, int(s)) for s in shape)]
         return out
 

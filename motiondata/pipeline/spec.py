@@ -27,8 +27,7 @@ from typing import Any
 import yaml
 
 from motiondata.errors import SpecError
-
-SOURCE_KINDS = ("hdf5", "lerobot", "replay_buffer", "video")
+from motiondata.sources import SOURCE_KINDS
 
 
 @dataclass(frozen=True)

@@ -85,11 +85,11 @@ class VectorBPE:
             ids = [vocab[alphabet[b]] for b in chr(code).encode("utf-8") if alphabet[b] in vocab]
             self.init_ids[code, :len(ids)], self.init_len[code] = ids, len(ids)
         merges = [m.split(" ", 1) if isinstance(m, str) else m for m in config.get("merges", [])]
-        keys = np.array([vocab[a] * self.vocab_n + vocab[b] for a, b in merges], np.int64)
+        keys = np.array([vocab[a] * self.vocab_n + vocab[b] for a, b in merges] or [-1], np.int64)
         order = np.argsort(keys, kind="stable")
-        self.merge_keys = keys[order]
+        self.merge_keys = keys[order]  # a -1 sentinel when there are no merges: never matches a pair
         self.merge_rank = np.arange(len(keys), dtype=np.int64)[order]
-        self.merge_new = np.array([vocab[a + b] for a, b in merges], np.int64)[order]
+        self.merge_new = np.array([vocab[a + b] for a, b in merges] or [0], np.int64)[order]
 
     # ------------------------------------------------------------ split
     def piece_starts(self, codes: np.ndarray) -> np.ndarray:
@@ -176,20 +176,17 @@ class VectorBPE:
         seg_start = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
         seg_len = np.diff(np.append(seg_start, size))
         score = np.full(size, _INF, np.int64)
-        if size > 1:
-            keys = symbols[:-1] * self.vocab_n + symbols[1:]
-            idx = np.minimum(np.searchsorted(self.merge_keys, keys), max(len(self.merge_keys) - 1, 0))
-            hit = (segment[1:] == segment[:-1]) & (self.merge_keys[idx] == keys) if len(self.merge_keys) else \
-                np.zeros(size - 1, bool)
-            rank = self.merge_rank[idx] if len(self.merge_keys) else np.zeros(size - 1, np.int64)
-            score[:-1] = np.where(hit, rank * size + np.arange(size - 1), _INF)
+        keys = symbols[:-1] * self.vocab_n + symbols[1:]
+        idx = np.minimum(np.searchsorted(self.merge_keys, keys), len(self.merge_keys) - 1)
+        hit = (segment[1:] == segment[:-1]) & (self.merge_keys[idx] == keys)
+        score[:-1] = np.where(hit, self.merge_rank[idx] * size + np.arange(size - 1), _INF)
         best = np.minimum.reduceat(score, seg_start)
         active = best < _INF
         finished = np.repeat(~active, seg_len)
         left = best[active] % size
         if left.size:
             symbols = symbols.copy()
-            symbols[left] = self.merge_new[np.searchsorted(self.merge_keys, symbols[left] * self.vocab_n + symbols[left + 1])]
+            symbols[left] = self.merge_new[idx[left]]
             keep = np.ones(size, bool)
             keep[left + 1] = False
             symbols, segment, finished = symbols[keep], segment[keep], finished[keep]

@@ -14,23 +14,21 @@ in the other and gives identical ids. Differences are in speed and safety only:
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
 import logging
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from scipy.fft import dct, idct
-from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import Tokenizer
 from tokenizers.implementations import ByteLevelBPETokenizer
 from tokenizers.trainers import BpeTrainer
 
 from motiondata.errors import MotionDataError
 from motiondata.store.layout import atomic_write_text
+from motiondata.tokenize import bpe_vectorized
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +42,8 @@ AUTO_MAP = {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcess
 _TOKENIZER_SUBDIRS = ("", "bpe_tokenizer", "tokenizer")  # newer ProcessorMixin saves into a subfolder
 _MAX_CODEPOINT = 0x10FFFF
 _REPLACEMENT = 0xFFFD  # what the byte-level decoder yields for invalid UTF-8
-_SPLIT_BOUND_MIN, _SPLIT_BOUND_MAX = 256, 0xD800  # code points the Python splitter covers (no surrogates)
-_PIECE_CACHE_MAX = 1 << 20
+_VECTOR_BOUND_MAX = 0xD800  # the vectorised path covers code points below this (no surrogates)
+_SELF_CHECK_ROWS = 64
 
 
 class FastTokenizerError(MotionDataError, ValueError):
@@ -107,44 +105,6 @@ def texts_to_codes(texts: Sequence[str]) -> list[np.ndarray]:
     return np.split(flat, ends[:-1]) if len(texts) else []
 
 
-def _class(codes: list[int]) -> str:
-    """A regex character-class body for sorted code points, as ranges."""
-    parts = []
-    for _, run in itertools.groupby(enumerate(codes), key=lambda ic: ic[1] - ic[0]):
-        values = [c for _, c in run]
-        parts.append(f"\\u{values[0]:04x}" + (f"-\\u{values[-1]:04x}" if len(values) > 1 else ""))
-    return "".join(parts)
-
-
-@functools.lru_cache(maxsize=4)
-def byte_level_splitter(bound: int) -> "re.Pattern[str]":
-    """Python ``re`` twin of the ``tokenizers`` ByteLevel pre-tokenizer split (the GPT-2 pattern
-    ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``) for texts whose
-    characters are all below ``bound``. The letter / number / whitespace classes are read from the Rust
-    pre-tokenizer itself (one probe per code point), so they follow its Unicode tables, not Python's."""
-    probe = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    kinds: dict[str, list[int]] = {"L": [], "N": [], "O": [], "W": []}
-    for code in range(bound):
-        char = chr(code)
-        kind = next((k for k, lead in (("L", "a"), ("N", "1"), ("O", "!"))
-                     if len(probe.pre_tokenize_str(lead + char)) == 1), "W")
-        kinds[kind].append(code)
-    letters, numbers, spaces = _class(kinds["L"]), _class(kinds["N"]), _class(kinds["W"])
-    pattern = (f"'s|'t|'re|'ve|'m|'ll|'d| ?[{letters}]+| ?[{numbers}]+| ?[^{spaces}{letters}{numbers}]+"
-               f"|[{spaces}]+(?![^{spaces}])|[{spaces}]+")
-    return re.compile(pattern)
-
-
-def _splittable(bpe: Tokenizer) -> bool:
-    """True when the pipeline is exactly the reference's: no normaliser, no added tokens, GPT-2 byte-level
-    split without prefix space, deterministic BPE. Then BPE-per-piece memoisation gives identical ids."""
-    config = json.loads(bpe.to_str())
-    pre, model = config.get("pre_tokenizer") or {}, config.get("model") or {}
-    return (config.get("normalizer") is None and not config.get("added_tokens")
-            and pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space") and pre.get("use_regex", True)
-            and model.get("type") == "BPE" and model.get("dropout") is None)
-
-
 def _train_bpe(texts: Iterable[str], alphabet_size: int, vocab_size: int, min_frequency: int) -> Tokenizer:
     bpe = ByteLevelBPETokenizer()  # byte-level pre-tokenizer, decoder and post-processor, as the reference
     trainer = BpeTrainer(
@@ -170,11 +130,8 @@ class FastTokenizer:
         self.scale, self.vocab_size, self.min_token = scale, int(vocab_size), int(min_token)
         self.max_token = None if max_token is None else int(max_token)
         self.time_horizon, self.action_dim = time_horizon, action_dim
-        self._split_bound = 0
-        if _splittable(bpe):
-            alphabet = (self.max_token - self.min_token + 1) if self.max_token is not None else self.vocab_size + 1
-            self._split_bound = min(max(alphabet, _SPLIT_BOUND_MIN), _SPLIT_BOUND_MAX)
-        self._pieces: dict[str, list[int]] = {}
+        self._vector: bpe_vectorized.VectorBPE | None = None
+        self._vector_state = "unchecked" if bpe_vectorized.supported(bpe) else "off"
 
     @property
     def bpe_vocab_size(self) -> int:
@@ -220,45 +177,50 @@ class FastTokenizer:
             codes = quantize(batch, self.scale) - self.min_token
             self._warn_out_of_range(codes)
             codes = np.maximum(codes, 0)
-            fast = codes.max(axis=1, initial=0) < self._split_bound
             texts = codes_to_texts(codes)
-            rows = np.flatnonzero(fast)
-            for row, ids in zip(rows, self._encode_split([texts[r] for r in rows])):
-                out[positions[row]] = ids
-            rows = np.flatnonzero(~fast)
-            for row, ids in zip(rows, self._encode_rust([texts[r] for r in rows])):
-                out[positions[row]] = ids
+            for pos, ids in zip(positions, self._encode_codes(codes, texts)):
+                out[pos] = ids
         return out
+
+    def _encode_codes(self, codes: np.ndarray, texts: list[str]) -> list[list[int]]:
+        """Vectorised path for rows inside the alphabet, Rust ``encode_batch`` for the rest."""
+        vector = self._vector_encoder(codes, texts)
+        if vector is None:
+            return self._encode_rust(texts)
+        inside = codes.max(axis=1, initial=0) < vector.bound
+        out: list[list[int]] = [[] for _ in texts]
+        rows = np.flatnonzero(inside)
+        fast = vector.encode(codes[rows]) if rows.size else []
+        if fast is None:  # a hash collision between two different pieces: astronomically rare
+            return self._encode_rust(texts)
+        for row, ids in zip(rows, fast):
+            out[row] = ids
+        rows = np.flatnonzero(~inside)
+        for row, ids in zip(rows, self._encode_rust([texts[r] for r in rows])):
+            out[row] = ids
+        return out
+
+    def _vector_encoder(self, codes: np.ndarray, texts: list[str]) -> bpe_vectorized.VectorBPE | None:
+        """Build the vectorised encoder once and check it against the Rust tokenizer on the first rows."""
+        if self._vector_state == "off":
+            return None
+        if self._vector is None:
+            alphabet = self.max_token - self.min_token + 1 if self.max_token is not None else self.vocab_size + 1
+            self._vector = bpe_vectorized.VectorBPE(self.bpe, min(max(alphabet, 1), _VECTOR_BOUND_MAX))
+        if self._vector_state == "unchecked":
+            rows = np.flatnonzero(codes.max(axis=1, initial=0) < self._vector.bound)[:_SELF_CHECK_ROWS]
+            if rows.size == 0:
+                return self._vector
+            if self._vector.encode(codes[rows]) != self._encode_rust([texts[r] for r in rows]):
+                log.warning("vectorised BPE disagrees with the Rust tokenizer on this vocabulary; using Rust")
+                self._vector_state = "off"
+                return None
+            self._vector_state = "checked"
+        return self._vector
 
     def _encode_rust(self, texts: list[str]) -> list[list[int]]:
         encode_batch = getattr(self.bpe, "encode_batch_fast", self.bpe.encode_batch)
         return [enc.ids for enc in encode_batch(texts)] if texts else []
-
-    def _encode_split(self, texts: list[str]) -> list[list[int]]:
-        """Split with the Python twin of the byte-level regex, BPE each distinct piece once (memoised
-        across calls: coefficient words repeat a lot), concatenate. BPE works per piece, so ids are the same."""
-        if not texts:
-            return []
-        findall = byte_level_splitter(self._split_bound).findall
-        pieces = [findall(text) for text in texts]
-        missing = list(set(itertools.chain.from_iterable(pieces)).difference(self._pieces))
-        if len(self._pieces) + len(missing) > _PIECE_CACHE_MAX:
-            self._pieces.clear()
-            missing = list(set(itertools.chain.from_iterable(pieces)))
-        self._pieces.update(zip(missing, self._encode_rust(missing)))
-        lookup = self._pieces.__getitem__
-        return [list(itertools.chain.from_iterable(map(lookup, p))) for p in pieces]
-
-    def _warn_out_of_range(self, codes: np.ndarray) -> None:
-        """The reference clips coefficients below ``min_token`` to it, and its BPE silently drops
-        characters beyond the fitted alphabet; both make the chunk decode wrong. Say so (ids stay identical)."""
-        low = codes < 0
-        high = codes > self.max_token - self.min_token if self.max_token is not None else np.zeros_like(low)
-        if low.any() or high.any():
-            log.warning("%d of %d chunks have DCT coefficients outside the fitted range [%d, %s] (%d below, %d "
-                        "above): they will not decode exactly. Normalise actions as at fit time, or refit",
-                        int((low | high).any(axis=1).sum()), len(codes), self.min_token, self.max_token,
-                        int(low.sum()), int(high.sum()))
 
     # ---------------------------------------------------------------- decode
     def decode(self, ids_list: Sequence[Sequence[int]], time_horizon: int | None = None,
