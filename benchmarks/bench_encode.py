@@ -52,9 +52,9 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> f
     return best
 
 
-def build_vae(config: str, device: str, dtype: str) -> VideoVae:
+def build_vae(config: str, device: str, dtype: str, demo: Path = DEMO) -> VideoVae:
     if config == "demo":
-        return load_video_vae(str(DEMO), "wan", device, dtype)
+        return load_video_vae(str(demo), "wan", device, dtype)
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
@@ -80,8 +80,9 @@ def ours_encode(vae: VideoVae, clips: np.ndarray, batch: int) -> list[np.ndarray
     return [z.astype(np.float16) for i in range(0, len(clips), batch) for z in vae.encode(clips[i:i + batch])]
 
 
-def bench_vae(config: str, size: int, frames: int, n_clips: int, device: str, dtype: str, batch: int) -> dict:
-    vae = build_vae(config, device, dtype)
+def bench_vae(config: str, size: int, frames: int, n_clips: int, device: str, dtype: str, batch: int,
+              demo: Path = DEMO) -> dict:
+    vae = build_vae(config, device, dtype, demo)
     frames = trim_4n1(frames)
     clips = np.random.default_rng(0).integers(0, 256, size=(n_clips, frames, size, size, 3), dtype=np.uint8)
     dev = vae.device
@@ -156,14 +157,16 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-full", action="store_true", help="CPU suite without the full-size Wan 2.1 run")
+    p.add_argument("--demo", type=Path, default=DEMO, help="demo VAE directory")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.config:
-        rows = [bench_vae(args.config, args.size, args.frames, args.clips, args.device, args.dtype, args.batch)]
+        rows = [bench_vae(args.config, args.size, args.frames, args.clips, args.device, args.dtype, args.batch,
+                          args.demo)]
         out = args.out or str(ROOT / "docs" / "bench" / ("encode_gpu.md" if "cuda" in args.device else "encode_vae.md"))
     else:
-        rows = [bench_vae("demo", 128, 17, 4, "cpu", "fp32", 4), bench_motion(), bench_text()]
+        rows = [bench_vae("demo", 128, 17, 4, "cpu", "fp32", 4, args.demo), bench_motion(), bench_text()]
         if not args.skip_full:
             rows.append(bench_vae("wan2.1", 256, 5, 1, "cpu", "fp32", 1))
         out = args.out or str(ROOT / "docs" / "bench" / "encode.md")

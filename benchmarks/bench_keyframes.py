@@ -36,8 +36,8 @@ def bench_frames(episodes: int, length: int = 120, size: int = 128) -> tuple[lis
     if SAMPLE.is_file():
         from motiondata.encode.train_tiny_vqgan import read_hdf5_episodes
 
-        eps = read_hdf5_episodes(SAMPLE)
-        return eps[:episodes], f"{SAMPLE} ({eps[0].shape[1]}x{eps[0].shape[2]} px)"
+        eps = [frames for _, frames in read_hdf5_episodes(SAMPLE)][:episodes]
+        return eps, f"{SAMPLE} ({eps[0].shape[1]}x{eps[0].shape[2]} px)"
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
     frames = [np.roll(base, t, axis=1) for t in range(length)]

@@ -66,7 +66,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         return 0
-    console.print(render_report(summary), markup=False, highlight=False)
+    sys.stdout.write(render_report(summary))
     if args.episode:
         detail = summary["episode"]
         console.print(f"episode {detail['id']} ({detail['windows']} windows, {detail['shard']})", markup=False)

@@ -142,3 +142,45 @@ def test_coefficient_the_vocab_lacks_is_reported_not_zeroed(mine, reference):
     assert not reference_decode(hf, lo, [ids[short[0]]], 10, 7).any()
     with pytest.raises(ValueError, match=rf"token sequence {short[0]}: got \d+ coefficients, expected T\*D = 70"):
         mine.decode(ids, 10, 7)
+
+
+# ------------------------------------------------------------------ the vectorised BPE twin
+ADVERSARIAL = [0x20, 0x27, *map(ord, "strevmldaS1!.\t\n"), 0x0B, 0x1C, 0x1F, 0x85, 0xA0, 0xE9, 0xD7, 0x2B, 0x130]
+
+
+def adversarial_codes(rng, rows, length, bound=0x140):
+    """Texts heavy in what the GPT-2 split treats specially: spaces before runs, whitespace runs,
+    apostrophe contractions ('s 't 're 've 'm 'll 'd), digits, letters, other characters."""
+    special = rng.choice(ADVERSARIAL, size=(rows, length))
+    anything = rng.integers(0, bound, size=(rows, length))
+    return np.where(rng.random((rows, length)) < 0.8, special, anything)
+
+
+def test_vectorised_bpe_matches_rust_on_adversarial_texts():
+    from motiondata.tokenize import bpe_vectorized
+    from motiondata.tokenize.fast import _train_bpe, codes_to_texts
+
+    rng = np.random.default_rng(0)
+    train = adversarial_codes(rng, 3000, 40)
+    bpe = _train_bpe(codes_to_texts(train), 0x140, 700, 2)
+    assert bpe_vectorized.supported(bpe)
+    vector = bpe_vectorized.VectorBPE(bpe, 0x140)
+    assert vector.is_exact() and vector.table.monotone
+    for seed in range(3):
+        codes = adversarial_codes(np.random.default_rng(seed + 1), 1500, int(20 + 25 * seed))
+        rust = [e.ids for e in bpe.encode_batch(codes_to_texts(codes))]
+        assert vector.encode(codes) == rust  # cold cache, then warm on the next seeds
+
+
+def test_vectorised_split_matches_rust_pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    from motiondata.tokenize.bpe_vectorized import char_classes, piece_starts
+    from motiondata.tokenize.fast import codes_to_texts
+
+    probe = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    codes = adversarial_codes(np.random.default_rng(5), 400, 30)
+    starts = piece_starts(codes, char_classes(0x140))
+    for row, text in enumerate(codes_to_texts(codes)):
+        expected = [begin for _, (begin, _) in probe.pre_tokenize_str(text)]
+        assert np.flatnonzero(starts[row]).tolist() == expected, text

@@ -97,3 +97,9 @@ def test_cli_flags_come_from_the_config_fields():
     assert (cfg.store, cfg.batch_size, cfg.bf16, cfg.compile, cfg.heads, cfg.lr) == ("s", 4, False, True, "zm,fast", 0.01)
     with pytest.raises(SystemExit):
         parse_args([])
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda_with_bf16(store, tmp_path):
+    records = train(tiny(store, tmp_path, device="cuda", num_workers=1, max_steps=10, log_every=5))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)

@@ -66,7 +66,9 @@ def model_cache(maxsize: int = 4) -> Callable[[Callable[..., T]], Callable[..., 
 
 def prepare_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Eval mode (no dropout), gradients off, moved to ``device`` / ``dtype``."""
-    module = module.to(device=device, dtype=dtype)
+    if any(p.dtype != dtype for p in module.parameters()):
+        module = module.to(dtype=dtype)
+    module = module.to(device=device)
     module.eval()
     module.requires_grad_(False)
     return module

@@ -41,8 +41,9 @@ def resize(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def read_hdf5_episodes(path: Path) -> list[np.ndarray]:
-    """Every ``data/demo_*/obs/*_rgb`` (or ``*_image``) array of a LIBERO/robomimic file, one per camera."""
+def read_hdf5_episodes(path: Path) -> list[tuple[str, np.ndarray]]:
+    """``(demo name, frames)`` for every ``data/demo_*/obs/*_rgb`` (or ``*_image``) array of a
+    LIBERO/robomimic file (one entry per demo and camera)."""
     import h5py
 
     episodes = []
@@ -53,21 +54,21 @@ def read_hdf5_episodes(path: Path) -> list[np.ndarray]:
             obs = f["data"][demo].get("obs", {})
             for key in sorted(obs):
                 if key.endswith(("_rgb", "_image")) and obs[key].ndim == 4:
-                    episodes.append(np.asarray(obs[key][()], np.uint8))
+                    episodes.append((f"{path.stem}/{demo}", np.asarray(obs[key][()], np.uint8)))
     if not episodes:
         raise ValueError(f"{path}: no data/demo_*/obs/*_rgb arrays found")
     return episodes
 
 
-def read_video(path: Path, max_frames: int = 300) -> list[np.ndarray]:
+def read_video(path: Path, max_frames: int = 300) -> list[tuple[str, np.ndarray]]:
     import av
 
     with av.open(str(path)) as container:
         frames = [fr.to_ndarray(format="rgb24") for _, fr in zip(range(max_frames), container.decode(video=0))]
-    return [np.stack(frames)]
+    return [(path.stem, np.stack(frames))]
 
 
-def read_episodes(paths: list[Path]) -> list[np.ndarray]:
+def read_episodes(paths: list[Path]) -> list[tuple[str, np.ndarray]]:
     episodes = []
     for path in paths:
         episodes += read_hdf5_episodes(path) if path.suffix in (".hdf5", ".h5") else read_video(path)
@@ -181,12 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    episodes = [resize(ep, args.size) for ep in read_episodes(args.data)]
-    held_out = episodes[-1:] if len(episodes) > 1 else []
-    train_eps = episodes[:-1] if held_out else episodes
+    episodes = [(name, resize(frames, args.size)) for name, frames in read_episodes(args.data)]
+    last = episodes[-1][0]  # the last episode (all its cameras) is held out when there are several
+    held_out = [f for name, f in episodes if name == last and name != episodes[0][0]]
+    train_eps = [f for name, f in episodes if not held_out or name != last]
     frames = np.concatenate(train_eps)
-    log.info("%d episodes (%d held out), %d training frames at %d px", len(episodes), len(held_out), len(frames),
-             args.size)
+    log.info("%d camera-episodes (%d held out), %d training frames at %d px", len(episodes), len(held_out),
+             len(frames), args.size)
     model, done = train(frames, demo_config(args.size, args.n_embed), args.steps, args.batch, args.lr, args.seed,
                         args.minutes)
     save_vqgan(model, args.out)

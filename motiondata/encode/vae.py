@@ -78,7 +78,7 @@ def _load_model(source: str, kind: str, subfolder: str | None, device: str, dtyp
     name, subfolder, local = _resolve_source(source, subfolder)
     log.info("loading %s from %s (subfolder=%s) on %s/%s", cls.__name__, name, subfolder, device, dtype)
     kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
-    model = cls.from_pretrained(name, local_files_only=local, **kwargs)
+    model = cls.from_pretrained(name, local_files_only=local, torch_dtype=resolve_dtype(dtype), **kwargs)
     return prepare_module(model, torch.device(device), resolve_dtype(dtype))
 
 

@@ -10,7 +10,7 @@ How samples are assigned (every epoch, the same on every rank and worker, no com
    ``M = batches_per_slot x batch_size``. ``partial="drop"`` (default, drop_last style) uses
    ``batches_per_slot = N // (slots x batch_size)`` and leaves the tail out this epoch (a different tail
    every epoch, as shards are permuted); ``partial="wrap"`` rounds up and repeats samples from the start
-   of the list (as ``DistributedSampler`` pads). Either way every rank and worker yields exactly the same
+   of the list (as ``DistributedSampler`` pads); ``"auto"`` drops unless that leaves no batch, then wraps. Either way every rank and worker yields exactly the same
    number of batches, and a shard may be split between slots, so no rank is ever empty.
 4. Each slot streams its samples through a shuffle buffer seeded by (seed, epoch, slot). The buffer's
    output order is computed on sample *indices* first, so skipping k batches on resume reads (and decodes)
@@ -51,7 +51,8 @@ from motiondata.store.sample_codec import decode_value, split_member
 log = logging.getLogger(__name__)
 POLICIES = ("skip", "raise")
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
-PARTIALS = ("drop", "wrap")
+PARTIALS = ("drop", "wrap", "auto")
+_WARNED: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,10 @@ def _corrupt(policy: str, shard: ShardInfo, key: str | None, problem: str) -> No
     fix = "rebuild this shard (delete it and its .json, then rerun `motiondata build`)"
     if policy == "raise":
         raise StoreError(f"{problem}. Fix: {fix}, or load with on_corrupt='skip'", shard=shard.name, key=key)
-    log.warning("skipping corrupt data: %s", StoreError(f"{problem}. Fix: {fix}", shard=shard.name, key=key))
+    seen = (shard.url, key, problem)  # warn once per process; later epochs repeat it at debug level
+    level = logging.DEBUG if seen in _WARNED else logging.WARNING
+    _WARNED.add(seen)
+    log.log(level, "skipping corrupt data: %s", StoreError(f"{problem}. Fix: {fix}", shard=shard.name, key=key))
 
 
 def _ended_cleanly(tf: tarfile.TarFile, shard: ShardInfo, index: int) -> bool:
@@ -277,8 +281,12 @@ class StreamingDataset(IterableDataset):
         self.epoch, self.skip_batches = 0, 0  # set by StreamingLoader before each pass
 
     def batches_per_slot(self, num_workers: int) -> int:
+        """Batches each rank x worker slot yields per epoch (``partial="auto"``: drop, or wrap when
+        dropping would leave no batch at all)."""
         slots, bs = self.world_size * max(num_workers, 1), self.batch_size
-        count = self.total // (slots * bs) if self.partial == "drop" else -(-self.total // (slots * bs))
+        count = self.total // (slots * bs)
+        if self.partial == "wrap" or (self.partial == "auto" and count == 0):
+            count = -(-self.total // (slots * bs))
         if count == 0:
             raise StoreError(f"{self.total} samples are fewer than one batch of {bs} for each of {slots} "
                              "rank x worker slots; Fix: lower batch_size or num_workers, or use partial='wrap'")

@@ -21,7 +21,10 @@ import argparse
 import collections
 import json
 import logging
+import os
 from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before dm_control is imported
 
 import h5py
 import numpy as np
@@ -41,6 +44,9 @@ ENV_NAME = "gym_aloha/AlohaTransferCube-v0"
 SIM_STEPS = 400  # ACT's episode length for sim_transfer_cube (8 s at 50 Hz)
 EE_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
 MAX_REWARD = 4
+ARM_JOINTS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]  # in the 14-d ALOHA qpos / action vector
+GRIPPERS = [6, 13]
+CUBE_REST_Z = 0.02  # the cube's half size: its centre height resting on the table top (z=0)
 PICK_HEIGHT = 0.0  # pads centre above the cube centre when grasping (m)
 HANDOVER_GAP = 0.02  # left pads centre this far (-x) from the cube centre at the handover (m)
 REPLAN_STEP = 230  # the left arm's handover target is re-planned from the measured cube position here
@@ -89,7 +95,7 @@ def grasp_offset(physics, arm: int) -> np.ndarray:
 
 
 def _track(waypoints: list, offset: np.ndarray) -> np.ndarray:
-    """(SIM_STEPS, 8) mocap xyz, quat, gripper from (step, pad xyz or None, quat, gripper) waypoints."""
+    """(SIM_STEPS, 8) mocap xyz, quat, gripper from (step, pads centre xyz, mocap quat, gripper) waypoints."""
     steps = np.arange(SIM_STEPS)
     values = []
     for _, pads, quat, grip in waypoints:
@@ -174,8 +180,7 @@ def end_effector_pass(box_pose: np.ndarray) -> np.ndarray:
     env.physics.model.eq_solimp[:, :3] = WELD_SOLIMP
     env.reset()
     physics = env.physics
-    resting = physics.named.model.geom_size["red_box"][2]  # the cube is dropped from z=0.05 onto the table
-    box_xyz = np.array([box_pose[0], box_pose[1], resting])
+    box_xyz = np.asarray(box_pose[:3], dtype=float)
     start = (physics.data.mocap_pos.copy(), physics.data.mocap_quat.copy())
     offsets = [grasp_offset(physics, arm) for arm in (0, 1)]
     plan = plan_mocap(start, offsets, box_xyz)
@@ -203,11 +208,14 @@ def _ee_pose(physics) -> np.ndarray:
 
 
 def _render(physics, cameras: tuple[str, ...], size: int) -> dict[str, np.ndarray]:
+    """RGB and depth in metres; depth is 0 (invalid) where nothing was hit, rounded to 1/1024 m (gzips well)."""
+    far = 0.99 * physics.model.vis.map.zfar * physics.model.stat.extent
     frame = {}
     for cam in cameras:
         frame[f"{cam}_rgb"] = physics.render(height=size, width=size, camera_id=cam)
         depth = physics.render(height=size, width=size, camera_id=cam, depth=True)
-        frame[f"{cam}_depth"] = (np.round(depth * 1024.0) / 1024.0).astype(np.float32)  # 1/1024 m steps: gzips well
+        depth = np.where(depth < far, np.round(depth * 1024.0) / 1024.0, 0.0)
+        frame[f"{cam}_depth"] = depth.astype(np.float32)
     return frame
 
 
@@ -247,10 +255,9 @@ def write_demo(group: h5py.Group, rec: dict[str, np.ndarray], cameras: tuple[str
     for cam in cameras:
         _dataset(obs, f"{cam}_rgb", rec[f"{cam}_rgb"], np.uint8)
         _dataset(obs, f"{cam}_depth", rec[f"{cam}_depth"], np.float32)
-    qpos, ee = rec["qpos"], rec["ee"]
-    gripper = qpos[:, [6, 13]]
-    _dataset(obs, "joint_states", qpos, np.float32)
-    _dataset(obs, "gripper_states", gripper, np.float32)
+    qpos, ee = rec["qpos"], rec["ee"]  # qpos: ALOHA order, per arm 6 joints + normalised gripper opening
+    _dataset(obs, "joint_states", qpos[:, ARM_JOINTS], np.float32)  # LIBERO: arm joints only
+    _dataset(obs, "gripper_states", qpos[:, GRIPPERS], np.float32)
     _dataset(obs, "ee_pos", ee[:, [0, 1, 2, 7, 8, 9]], np.float32)
     _dataset(obs, "ee_ori", ee[:, [3, 4, 5, 6, 10, 11, 12, 13]], np.float32)
     _dataset(obs, "ee_states", ee, np.float32)
@@ -261,7 +268,7 @@ def write_demo(group: h5py.Group, rec: dict[str, np.ndarray], cameras: tuple[str
     _dataset(group, "rewards", rec["rewards"], np.float32)
     _dataset(group, "dones", dones, np.uint8)
     _dataset(group, "states", rec["states"], np.float64)
-    _dataset(group, "robot_states", np.concatenate([gripper, ee], axis=1), np.float32)
+    _dataset(group, "robot_states", qpos, np.float32)  # the 14-d ALOHA qpos, same order as actions
     group.attrs["num_samples"] = length
 
 
@@ -277,16 +284,17 @@ def _data_attrs(cameras: tuple[str, ...], size: int, stride: int, seed: int) -> 
 
 def record_episode(index: int, seed: int, cameras: tuple[str, ...], size: int, stride: int):
     box_pose = sample_box_pose(seed + index)
+    box_pose[2] = CUBE_REST_Z  # gym-aloha drops the cube from z=0.05; start it resting on the table instead
     traj = end_effector_pass(box_pose)
     rec = joint_pass(box_pose, traj, cameras, size, stride)
-    lift = float(rec["cube"][:, 2].max() - rec["cube"][0, 2])
+    lift = float(np.ptp(rec["cube"][:, 2]))  # highest minus lowest cube centre
     success = bool(rec["rewards"][-1] >= MAX_REWARD)
     LOG.info("demo_%d: cube start %s, lifted %.3f m, final reward %d, success %s",
              index, np.round(box_pose[:3], 3).tolist(), lift, rec["rewards"][-1], success)
     return box_pose, rec, lift, success
 
 
-def generate(out: str | Path, episodes: int = 5, seed: int = 0, cameras: tuple[str, ...] = ("top", "angle"),
+def generate(out: str | Path, episodes: int = 5, seed: int = 1, cameras: tuple[str, ...] = ("top", "angle"),
              size: int = 128, stride: int = 5) -> Path:
     """Write ``episodes`` demos to ``out`` (atomically). Deterministic given the arguments."""
     if SIM_STEPS % stride:
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/sample/aloha_sim.hdf5")
     parser.add_argument("--episodes", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0, help="cube pose of episode i = gym_aloha sample_box_pose(seed+i)")
+    parser.add_argument("--seed", type=int, default=1, help="cube pose of episode i = gym_aloha sample_box_pose(seed+i)")
     parser.add_argument("--size", type=int, default=128, help="square image size in pixels")
     parser.add_argument("--stride", type=int, default=5, help="record every n-th 50 Hz sim step")
     parser.add_argument("--cameras", default="top,angle", help="comma-separated scene cameras")

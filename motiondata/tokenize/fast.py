@@ -176,51 +176,66 @@ class FastTokenizer:
         for positions, batch in groups:
             codes = quantize(batch, self.scale) - self.min_token
             self._warn_out_of_range(codes)
-            codes = np.maximum(codes, 0)
-            texts = codes_to_texts(codes)
-            for pos, ids in zip(positions, self._encode_codes(codes, texts)):
+            for pos, ids in zip(positions, self._encode_codes(np.maximum(codes, 0))):
                 out[pos] = ids
         return out
 
-    def _encode_codes(self, codes: np.ndarray, texts: list[str]) -> list[list[int]]:
+    def _encode_codes(self, codes: np.ndarray) -> list[list[int]]:
         """Vectorised path for rows inside the alphabet, Rust ``encode_batch`` for the rest."""
-        vector = self._vector_encoder(codes, texts)
+        vector = self._vector_encoder(codes)
         if vector is None:
-            return self._encode_rust(texts)
+            return self._encode_rust(codes)
         inside = codes.max(axis=1, initial=0) < vector.bound
-        out: list[list[int]] = [[] for _ in texts]
+        out: list[list[int]] = [[] for _ in range(len(codes))]
         rows = np.flatnonzero(inside)
         fast = vector.encode(codes[rows]) if rows.size else []
         if fast is None:  # a hash collision between two different pieces: astronomically rare
-            return self._encode_rust(texts)
+            return self._encode_rust(codes)
         for row, ids in zip(rows, fast):
             out[row] = ids
         rows = np.flatnonzero(~inside)
-        for row, ids in zip(rows, self._encode_rust([texts[r] for r in rows])):
+        for row, ids in zip(rows, self._encode_rust(codes[rows])):
             out[row] = ids
         return out
 
-    def _vector_encoder(self, codes: np.ndarray, texts: list[str]) -> bpe_vectorized.VectorBPE | None:
+    def _vector_encoder(self, codes: np.ndarray) -> bpe_vectorized.VectorBPE | None:
         """Build the vectorised encoder once and check it against the Rust tokenizer on the first rows."""
         if self._vector_state == "off":
             return None
         if self._vector is None:
             alphabet = self.max_token - self.min_token + 1 if self.max_token is not None else self.vocab_size + 1
             self._vector = bpe_vectorized.VectorBPE(self.bpe, min(max(alphabet, 1), _VECTOR_BOUND_MAX))
+            if not self._vector.is_exact():
+                self._vector_state = "off"
+                return None
         if self._vector_state == "unchecked":
             rows = np.flatnonzero(codes.max(axis=1, initial=0) < self._vector.bound)[:_SELF_CHECK_ROWS]
             if rows.size == 0:
                 return self._vector
-            if self._vector.encode(codes[rows]) != self._encode_rust([texts[r] for r in rows]):
+            if self._vector.encode(codes[rows]) != self._encode_rust(codes[rows]):
                 log.warning("vectorised BPE disagrees with the Rust tokenizer on this vocabulary; using Rust")
                 self._vector_state = "off"
                 return None
             self._vector_state = "checked"
         return self._vector
 
-    def _encode_rust(self, texts: list[str]) -> list[list[int]]:
+    def _encode_rust(self, codes: np.ndarray) -> list[list[int]]:
+        """The reference path: texts through the Rust tokenizer (``encode_batch``, parallel over texts)."""
+        if len(codes) == 0:
+            return []
         encode_batch = getattr(self.bpe, "encode_batch_fast", self.bpe.encode_batch)
-        return [enc.ids for enc in encode_batch(texts)] if texts else []
+        return [enc.ids for enc in encode_batch(codes_to_texts(codes))]
+
+    def _warn_out_of_range(self, codes: np.ndarray) -> None:
+        """The reference clips coefficients below ``min_token`` to it, and its BPE silently drops
+        characters beyond the fitted alphabet; both make the chunk decode wrong. Say so (ids stay identical)."""
+        low = codes < 0
+        high = codes > self.max_token - self.min_token if self.max_token is not None else np.zeros_like(low)
+        if low.any() or high.any():
+            log.warning("%d of %d chunks have DCT coefficients outside the fitted range [%d, %s] (%d below, %d "
+                        "above): they will not decode exactly. Normalise actions as at fit time, or refit",
+                        int((low | high).any(axis=1).sum()), len(codes), self.min_token, self.max_token,
+                        int(low.sum()), int(high.sum()))
 
     # ---------------------------------------------------------------- decode
     def decode(self, ids_list: Sequence[Sequence[int]], time_horizon: int | None = None,

@@ -51,6 +51,7 @@ class TrainConfig:
     num_workers: int = _opt(2, "DataLoader worker processes")
     shuffle_buffer: int = _opt(256, "shuffle buffer size per worker (samples)")
     on_corrupt: str = _opt("skip", "corrupt shard policy: skip (warn) or raise")
+    partial: str = _opt("auto", "epoch tail: drop (drop_last), wrap (pad by repeating), auto (drop unless no batch is left)")
     seed: int = _opt(0, "seed of the model init and the sample order")
     # model
     d_model: int = _opt(256, "transformer width")
@@ -116,7 +117,8 @@ def choose_heads(cfg: TrainConfig, available: list[str]) -> list[str]:
 
 def make_loader(cfg: TrainConfig, fields: list[str], device: torch.device) -> StreamingLoader:
     return StreamingLoader(cfg.store, cfg.batch_size, fields, num_workers=cfg.num_workers,
-                           shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, on_corrupt=cfg.on_corrupt, device=device)
+                           shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, on_corrupt=cfg.on_corrupt,
+                           partial=cfg.partial, device=device)
 
 
 def forever(loader: StreamingLoader) -> Iterator[dict[str, Any]]:
@@ -209,31 +211,36 @@ class Meter:
 
 # ----------------------------------------------------------------------------- 5. train
 
-def train(cfg: TrainConfig, on_step: Callable[[int, dict, dict], None] | None = None) -> list[dict[str, Any]]:
-    """Run the loop; returns the logged records (one per ``log_every`` steps and one at the end)."""
+def setup(cfg: TrainConfig) -> tuple[LatentMotionModel, torch.optim.Optimizer, StreamingLoader, int]:
+    """Model, optimiser and loader, restored from a checkpoint when resuming; returns the step reached."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg)
-    heads = ckpt["spec"]["heads"] if ckpt else choose_heads(cfg, available_fields(cfg.store))
+    available = available_fields(cfg.store)
+    heads = ckpt["spec"]["heads"] if ckpt else choose_heads(cfg, available)
     fields = ["vae.latents", "text.embedding"] + [f for h in heads for f in HEAD_FIELDS[h]]
-    fields = [f for f in dict.fromkeys(fields) if f in available_fields(cfg.store)]
+    fields = [f for f in dict.fromkeys(fields) if f in available]
     model = build_model(cfg, heads, fields, ckpt["spec"] if ckpt else None).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     loader = make_loader(cfg, fields, device)
-    step = 0
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["loader"])
-        step = int(ckpt["step"])
+    if not ckpt:
+        return model, optimizer, loader, 0
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    loader.load_state_dict(ckpt["loader"])
+    return model, optimizer, loader, int(ckpt["step"])
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, dict, dict], None] | None = None) -> list[dict[str, Any]]:
+    """Run the loop; returns the logged records (one per ``log_every`` steps and one at the end)."""
+    model, optimizer, loader, step = setup(cfg)
+    device, heads = next(model.parameters()).device, model.spec.heads
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
     weights = {h: getattr(cfg, f"w_{h}") for h in heads}
-    params = sum(p.numel() for p in model.parameters())
-    log.info("heads %s | %.2fM params | %d batches/epoch | device %s", heads, params / 1e6, len(loader), device)
-
+    log.info("heads %s | %.2fM params | %d batches/epoch | device %s", heads,
+             sum(p.numel() for p in model.parameters()) / 1e6, len(loader), device)
     records, meter, batches = [], Meter(), forever(loader)
-    ckpt_path = Path(cfg.out) / "ckpt.pt"
     model.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -241,8 +248,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict, dict], None] | None = 
         wait = time.perf_counter() - t0
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        with autocast(cfg, device):
-            losses = forward(batch)
+        with autocast(cfg, device):  # tensors only: torch.compile need not guard on keys and meta
+            losses = forward({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
         loss = sum(weights[h] * losses[h] for h in heads)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -254,20 +261,25 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict, dict], None] | None = 
         if on_step is not None:
             on_step(step, batch, losses)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            record = meter.flush(step)
-            records.append(record)
-            heads_text = " ".join(f"{k} {v:.4f}" for k, v in record["heads"].items() if k != "total")
-            log.info("step %d | loss %.4f | %s | %.1f samples/s | data wait %.1f%%", step, record["loss"],
-                     heads_text, record["samples_per_s"], 100 * record["data_wait"])
+            records.append(meter.flush(step))
+            log_record(records[-1])
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
-            save_checkpoint(ckpt_path, model, optimizer, loader, cfg, step)
+            save_checkpoint(Path(cfg.out) / "ckpt.pt", model, optimizer, loader, cfg, step)
     return records
+
+
+def log_record(record: dict[str, Any]) -> None:
+    heads = " ".join(f"{k} {v:.4f}" for k, v in record["heads"].items() if k != "total")
+    log.info("step %d | loss %.4f | %s | %.1f samples/s | data wait %.1f%%", record["step"], record["loss"], heads,
+             record["samples_per_s"], 100 * record["data_wait"])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``motiondata train``."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if log.getEffectiveLevel() > logging.INFO:  # the CLI sets WARNING for the library; training logs are the output
+        log.setLevel(logging.INFO)
     train(parse_args(argv))
     return 0
 
