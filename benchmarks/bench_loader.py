@@ -347,7 +347,14 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--out", default=str(OUT_MD))
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    workdir = Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        text = run(args, Path(tmp))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    log.info("wrote %s\n%s", args.out, text)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> str:
     h5, videos, windows, cams, store, setup = prepare(args, workdir)
     from motiondata.loader.streaming import available_fields
     import h5py
@@ -362,10 +369,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     use_gpu = args.gpu == "on" or (args.gpu == "auto" and torch.cuda.is_available())
     gpu: dict | str = (gpu_run(windows, args.gpu_samples, workdir) if use_gpu
                        else "not run: no CUDA device in this run (`--gpu on` on a GPU machine)")
-    text = report(machine_info(), setup, stats, trainer, gpu)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    log.info("wrote %s\n%s", args.out, text)
+    return report(machine_info(), setup, stats, trainer, gpu)
 
 
 if __name__ == "__main__":

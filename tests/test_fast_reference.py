@@ -156,19 +156,31 @@ def adversarial_codes(rng, rows, length, bound=0x140):
     return np.where(rng.random((rows, length)) < 0.8, special, anything)
 
 
-def test_vectorised_bpe_matches_rust_on_adversarial_texts():
-    from motiondata.tokenize import bpe_vectorized
+@pytest.fixture(scope="module")
+def adversarial_bpe():
     from motiondata.tokenize.fast import _train_bpe, codes_to_texts
 
-    rng = np.random.default_rng(0)
-    train = adversarial_codes(rng, 3000, 40)
-    bpe = _train_bpe(codes_to_texts(train), 0x140, 700, 2)
-    assert bpe_vectorized.supported(bpe)
-    vector = bpe_vectorized.VectorBPE(bpe, 0x140)
+    train = adversarial_codes(np.random.default_rng(0), 3000, 40)
+    return _train_bpe(codes_to_texts(train), 0x140, 700, 2)
+
+
+@pytest.mark.parametrize("variant", ["default", "one-merge-per-round", "sorted-merge-table", "tiny-cache"])
+def test_vectorised_bpe_matches_rust_on_adversarial_texts(adversarial_bpe, variant, monkeypatch):
+    from motiondata.tokenize import bpe_vectorized
+    from motiondata.tokenize.fast import codes_to_texts
+
+    if variant == "sorted-merge-table":
+        monkeypatch.setattr(bpe_vectorized, "_DENSE_MAX_VOCAB", 16)
+    if variant == "tiny-cache":
+        monkeypatch.setattr(bpe_vectorized, "_CACHE_MAX_CHARS", 3000)
+    assert bpe_vectorized.supported(adversarial_bpe)
+    vector = bpe_vectorized.VectorBPE(adversarial_bpe, 0x140)
     assert vector.is_exact() and vector.table.monotone
+    if variant == "one-merge-per-round":
+        vector.table.monotone = False  # the general path: exact for any merge table
     for seed in range(3):
-        codes = adversarial_codes(np.random.default_rng(seed + 1), 1500, int(20 + 25 * seed))
-        rust = [e.ids for e in bpe.encode_batch(codes_to_texts(codes))]
+        codes = adversarial_codes(np.random.default_rng(seed + 1), 600, int(20 + 25 * seed))
+        rust = [e.ids for e in adversarial_bpe.encode_batch(codes_to_texts(codes))]
         assert vector.encode(codes) == rust  # cold cache, then warm on the next seeds
 
 

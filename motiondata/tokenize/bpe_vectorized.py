@@ -37,7 +37,7 @@ _RANK_NONE = np.iinfo(np.int32).max  # no merge for this pair
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _HASH_LEN = np.uint64(0xC2B2AE3D27D4EB4F)
 _DENSE_MAX_VOCAB = 2048
-_CACHE_MAX_CHARS = 1 << 25
+_CACHE_MAX_CHARS = 1 << 22  # characters of cached pieces (int32): 16 MB, then the cache restarts
 _CONTRACTIONS_2 = tuple(map(ord, "stmd"))  # 's 't 'm 'd
 _CONTRACTIONS_3 = tuple((ord(a), ord(b)) for a, b in ("re", "ve", "ll"))
 
@@ -164,8 +164,25 @@ class VectorBPE:
         for code in range(self.bound):
             ids = [vocab[alphabet[b]] for b in chr(code).encode("utf-8") if alphabet[b] in vocab]
             self.init_ids[code, :len(ids)], self.init_len[code] = ids, len(ids)
+        self.joinable = self._joinable(vocab, alphabet)
+        encoded = [chr(code).encode("utf-8") for code in range(self.bound)]
+        self.first_byte = np.array([e[0] for e in encoded], np.uint8)
+        self.last_byte = np.array([e[-1] for e in encoded], np.uint8)
         self._lock = threading.Lock()
         self._reset_cache()
+
+    def _joinable(self, vocab: dict[str, int], alphabet: dict[int, str]) -> np.ndarray:
+        """``[256, 256]`` bool over (last byte of a character, first byte of the next): may a token span
+        that boundary? Only if some vocabulary token holds the two bytes side by side. Where none does, no
+        merge ever crosses, so BPE of the two sides is independent: cutting there gives shorter, more
+        often repeated pieces and the same ids."""
+        byte_of = {char: b for b, char in alphabet.items()}
+        pairs = np.zeros((256, 256), bool)
+        for token in vocab:
+            if len(token) > 1 and all(c in byte_of for c in token):
+                data = [byte_of[c] for c in token]
+                pairs[data[:-1], data[1:]] = True
+        return pairs
 
     def is_exact(self) -> bool:
         return self.table.unique
@@ -176,7 +193,7 @@ class VectorBPE:
         self._chr_len = np.zeros(0, np.int64)
         self._tok_off = np.zeros(0, np.int64)
         self._tok_len = np.zeros(0, np.int64)
-        self._chars = np.zeros(0, np.int64)
+        self._chars = np.zeros(0, np.int32)
         self._tokens = np.zeros(0, np.int32)
 
     # ------------------------------------------------------------ encode
@@ -187,7 +204,9 @@ class VectorBPE:
         if rows == 0 or n == 0:
             return [[] for _ in range(rows)]
         flat = codes.reshape(-1)
-        starts = np.flatnonzero(piece_starts(codes, char_classes(self.bound)).reshape(-1))
+        cuts = piece_starts(codes, char_classes(self.bound))
+        cuts[:, 1:] |= ~self.joinable[self.last_byte[codes[:, :-1]], self.first_byte[codes[:, 1:]]]
+        starts = np.flatnonzero(cuts.reshape(-1))
         lengths = np.diff(np.append(starts, flat.size))
         pos = np.arange(flat.size) - np.repeat(starts, lengths)
         powers = np.cumprod(np.full(n, _HASH_MUL, np.uint64))
@@ -205,13 +224,16 @@ class VectorBPE:
 
     def _lookup(self, keys: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
         """Cache index of every piece, encoding and inserting the pieces not seen before."""
-        idx = np.minimum(np.searchsorted(self._keys, keys), max(self._keys.size - 1, 0))
-        hit = self._keys[idx] == keys if self._keys.size else np.zeros(keys.size, bool)
-        if hit.all():
-            return idx
+        if self._keys.size:
+            idx = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
+            hit = self._keys[idx] == keys
+            if hit.all():
+                return idx
+        else:
+            hit = np.zeros(keys.size, bool)
         new_keys, first = np.unique(keys[~hit], return_index=True)
         first = np.flatnonzero(~hit)[first]
-        if self._chars.size + int(lengths[first].sum()) > _CACHE_MAX_CHARS:
+        if self._keys.size and self._chars.size + int(lengths[first].sum()) > _CACHE_MAX_CHARS:
             self._reset_cache()
             return self._lookup(keys, flat, starts, lengths)
         tokens, counts = self._bpe(flat, starts[first], lengths[first])
@@ -222,7 +244,7 @@ class VectorBPE:
         self._chr_len = np.insert(self._chr_len, at, lengths[first])
         self._tok_off = np.insert(self._tok_off, at, self._tokens.size + np.cumsum(counts) - counts)
         self._tok_len = np.insert(self._tok_len, at, counts)
-        self._chars = np.concatenate([self._chars, chars])
+        self._chars = np.concatenate([self._chars, chars.astype(np.int32)])
         self._tokens = np.concatenate([self._tokens, tokens])
         return np.searchsorted(self._keys, keys)
 
