@@ -4,8 +4,8 @@
 
 Baseline: what a user script does with taming today: for every training sample, take its keyframes, run
 taming's modules (encoder -> quant_conv -> quantize) on them one sample at a time. The stage instead
-selects all windows' keyframes, encodes each distinct frame once, in batches. Both give identical codes
-(checked). Writes docs/bench/keyframes.md.
+selects all windows' keyframes, encodes each distinct frame once, in batches. Both give the same codes up
+to rare batch-size-dependent near-ties (the agreement is reported). Writes docs/bench/keyframes.md.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def stage_run(stage: KeyframeStage, frames: list[np.ndarray], window: int, strid
 
 
 def baseline_run(stage: KeyframeStage, frames: list[np.ndarray], window: int, stride: int) -> tuple[float, list]:
-    codec = cached_vqgan_codec(stage.config, stage.weights, "cpu", "fp32", stage.size, stage.batch_size)
+    batch = stage.resolved_batch_size()
+    codec = cached_vqgan_codec(stage.config, stage.weights, "cpu", "fp32", stage.size, batch)
     model, out, start = codec.model, [], time.perf_counter()
     policy = stage.selection_policy()
     with torch.no_grad():
@@ -90,9 +91,9 @@ def cpu_name() -> str:
 
 
 def codec_rows(stage: KeyframeStage, frames: np.ndarray) -> list[str]:
-    """Raw encode throughput (distinct frames/s) at batch 1 and at the stage's batch size."""
+    """Raw encode throughput (distinct frames/s) at batch sizes 1, 4 and 16."""
     rows = []
-    for batch in (1, stage.batch_size):
+    for batch in (1, 4, 16):
         codec = cached_vqgan_codec(stage.config, stage.weights, "cpu", "fp32", stage.size, batch)
         codec.encode(frames[:batch])
         seconds, _ = best_of(REPEATS, lambda: (timed(codec.encode, frames), None))
@@ -109,24 +110,28 @@ def run(episodes: int, threads: int) -> str:
     for window, stride in ((17, 8), (17, 1)):
         t_stage, codes_stage = best_of(REPEATS, stage_run, stage, frames, window, stride)
         t_base, codes_base = best_of(REPEATS, baseline_run, stage, frames, window, stride)
-        assert all(np.array_equal(a, b) for a, b in zip(codes_stage, codes_base)), "codes differ"
+        same = np.mean(np.concatenate([(a == b).ravel() for a, b in zip(codes_stage, codes_base)]))
+        assert same > 0.999, f"codes differ: only {same:.4%} agree"
         n = sum(len(c) for c in codes_stage)
         rows.append(f"| {window} / {stride} | {len(codes_stage)} | {n} | {n / t_base:.1f} | {n / t_stage:.1f} | "
-                    f"{t_base / t_stage:.2f}x |")
+                    f"{t_base / t_stage:.2f}x | {same:.4%} |")
     cfg = stage.codec().model.config
     raw = codec_rows(stage, frames[0][:64])
     return "\n".join([
         "# Keyframe encoding (VQGAN codes), CPU", "",
         f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {threads} torch thread(s). Data: {what}, {len(frames)} episode(s) of "
-        f"{sum(map(len, frames))} frames, first camera.",
+        f"{torch.__version__}, {threads} torch thread(s). Data: {what}, {len(frames)} episode(s), "
+        f"{sum(map(len, frames))} frames in all, first camera.",
         f"Model: demo VQGAN ({DEMO}), {cfg.resolution}x{cfg.resolution} input, {cfg.downsample}x downsampling, "
         f"{cfg.n_embed} codes; policy chunk_starts (chunk 10, 2 keyframes per sample).", "",
         f"Timings: best of {REPEATS} runs. Keyframes/s counts keyframes delivered into samples (2 per sample). Baseline: a per-sample loop over "
-        "taming's modules (batch = one sample's keyframes). Codes are identical.", "",
-        "| window / stride | samples | keyframes | baseline keyframes/s | KeyframeStage keyframes/s | speed-up |",
-        "|---|---|---|---|---|---|", *rows, "",
-        "The stage encodes each distinct frame once per episode and batches them (batch_size 16); with "
+        "taming's modules (batch = one sample's keyframes). Same codes: the share of code positions where the "
+        "two agree; a rare near-tie can flip with the batch size (float rounding in the convolutions).", "",
+        "| window / stride | samples | keyframes | baseline keyframes/s | KeyframeStage keyframes/s | speed-up "
+        "| same codes |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        f"The stage encodes each distinct frame once per episode and batches them (batch_size "
+        f"{stage.resolved_batch_size()}, its CPU default); with "
         "overlapping windows (stride 1) most keyframes are shared, which is where most of the gain comes from.",
         "", "Raw encoder throughput (frames -> codes, resize included):", "",
         "| call | frames | frames/s |", "|---|---|---|", *raw, "",

@@ -59,6 +59,13 @@ def test_encode_shapes(tok, train):
     assert tok.decode(mixed[1:], 5, D).shape == (1, 5, D)
 
 
+def test_non_finite_chunks_are_named(tok, train):
+    bad = train[:3].copy()
+    bad[2, 4, 1] = np.nan
+    with pytest.raises(FastTokenizerError, match="chunk 2 holds NaN or inf"):
+        tok.encode(bad)
+
+
 def test_fit_reports_too_small_vocab(train):
     with pytest.raises(FastTokenizerError, match="vocab_size 8 is smaller than the coefficient range"):
         FastTokenizer.fit(train, vocab_size=8)
@@ -214,3 +221,34 @@ def test_fit_from_store_and_hdf5(tmp_path):
     h5 = write_libero_hdf5(tmp_path / "demo.hdf5", [smooth_actions(20, 7, seed=s) for s in range(2)])
     report = fit_fast_cli(str(h5), str(tmp_path / "b"), scale=10, vocab_size=256, horizon=5)
     assert report["chunks"] == 40 and FastTokenizer.load(tmp_path / "b").action_dim == 7
+
+
+def test_bundled_demo_tokenizer_round_trips():
+    """tokenizers/fast/demo (fitted on data/sample/aloha_sim.hdf5) loads and reconstructs its own data."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    demo, sample = root / "tokenizers" / "fast" / "demo", root / "data" / "sample" / "aloha_sim.hdf5"
+    if not (demo / "processor_config.json").is_file() or not sample.is_file():
+        pytest.skip("demo tokenizer or sample data not present")
+    from motiondata.tokenize.fit_report import chunk_episodes, read_hdf5
+
+    tok = FastTokenizer.load(demo)
+    norm = QuantileNormalize.from_stats(load_norm_stats(demo / "norm_stats.json")["actions"])
+    chunks = norm.apply(chunk_episodes([e["actions"] for e in read_hdf5(sample).episodes], 10))
+    decoded = tok.decode(tok.encode(chunks), 10, 14)
+    assert np.abs(decoded - chunks).max() <= quantization_bound(tok.scale, 10) + 1e-5
+
+
+def test_stage_horizon_in_seconds(fitted):
+    out, _ = fitted
+    item = FastStage(tokenizer=str(out), horizon_seconds=0.8)(make_item(make_episode(20, 14, fps=10.0)))
+    assert all(s["fast.chunk_mask"].shape == (8,) for s in item["samples"])
+
+
+def test_fit_uses_store_stats(tmp_path):
+    store = write_store(tmp_path / "store", [make_episode(25, 7, seed=s) for s in range(2)])
+    stats = NormStats((0.0,) * 7, (1.0,) * 7, (-4.0,) * 7, (4.0,) * 7)
+    save_norm_stats(store / "stats.json", {"actions": stats})
+    fit_fast(store, tmp_path / "tok", vocab_size=256, horizon=5)
+    assert load_norm_stats(tmp_path / "tok" / "norm_stats.json")["actions"] == stats

@@ -59,7 +59,8 @@ def reference_decode(hf, min_token, ids_list, t, d, scale=SCALE):
 def save_reference_layout(root, hf, min_token, subdir=""):
     """What UniversalActionProcessor.save_pretrained leaves on disk (tokenizer files + processor config)."""
     hf.save_pretrained(str(root / subdir) if subdir else str(root))
-    config = {"action_dim": None, "auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
+    auto_map = {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"}
+    config = {"action_dim": None, "auto_map": auto_map,
               "min_token": min_token, "processor_class": "UniversalActionProcessor", "scale": SCALE,
               "time_horizon": None, "vocab_size": VOCAB}
     (root / "processor_config.json").write_text(json.dumps(config, indent=2))
@@ -164,10 +165,15 @@ def adversarial_bpe():
     return _train_bpe(codes_to_texts(train), 0x140, 700, 2)
 
 
-@pytest.mark.parametrize("variant", ["default", "one-merge-per-round", "sorted-merge-table", "tiny-cache"])
+@pytest.mark.parametrize("variant", ["default", "one-merge-per-round", "sorted-merge-table", "tiny-cache",
+                                     "vocab-lacks-characters"])
 def test_vectorised_bpe_matches_rust_on_adversarial_texts(adversarial_bpe, variant, monkeypatch):
     from motiondata.tokenize import bpe_vectorized
-    from motiondata.tokenize.fast import codes_to_texts
+    from motiondata.tokenize.fast import _train_bpe, codes_to_texts
+
+    if variant == "vocab-lacks-characters":  # unknown symbols are dropped and their neighbours meet
+        narrow = adversarial_codes(np.random.default_rng(9), 2000, 40) % 0x60
+        adversarial_bpe = _train_bpe(codes_to_texts(narrow), 0x30, 300, 2)
 
     if variant == "sorted-merge-table":
         monkeypatch.setattr(bpe_vectorized, "_DENSE_MAX_VOCAB", 16)

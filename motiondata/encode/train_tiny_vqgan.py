@@ -5,8 +5,10 @@
 Objective: L1 + 0.5 * MSE reconstruction, VQ codebook loss + 0.25 * commitment (taming's beta). There is no
 discriminator and no LPIPS (this is a VQ-VAE trained in a VQGAN's architecture): the demo model exists so
 the pipeline runs end to end with real codes, not for image quality. The codebook starts from encoder
-outputs and unused codes are re-seeded from the batch every 50 steps. The last episode (when there are
-several) is held out for the reported PSNR. Output: ``model.yaml`` (taming layout), ``model.safetensors``,
+outputs and unused codes are re-seeded from the batch every 50 steps. Half the frames are rotated by 180
+degrees (LIBERO-layout files are stored upside down; readers may or may not flip them). The last episode
+(all its cameras, when there are several episodes) is held out for the reported PSNR. Training stops at
+``--steps`` or ``--minutes``, whichever comes first (the learning-rate schedule follows whichever binds). Output: ``model.yaml`` (taming layout), ``model.safetensors``,
 ``metrics.json``.
 """
 
@@ -103,8 +105,9 @@ def train_step(model: TamingVQModel, x: torch.Tensor, beta: float = 0.25) -> tup
 
 def sample_batch(frames: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
     x = frames[torch.randint(0, len(frames), (batch,), generator=generator)]
-    flip = torch.rand(batch, generator=generator) < 0.5  # LIBERO frames come both ways up (reader flip option)
-    x[flip] = x[flip].flip(-2)
+    # LIBERO frames come both ways up: the readers' flip option rotates by 180 degrees (H and W)
+    turn = torch.rand(batch, generator=generator) < 0.5
+    x[turn] = x[turn].flip(1, 2)
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 

@@ -26,7 +26,7 @@ import yaml
 
 from motiondata.encode.base import (batches, inference_mode, model_cache, prepare_module, resolve_device,
                                     resolve_dtype)
-from motiondata.store.layout import atomic_path, atomic_write_text
+from motiondata.store.layout import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,12 @@ def load_vqgan(config: str | Path | VQGANConfig, weights: str | Path, device: st
 
 def save_vqgan(model: TamingVQModel, out_dir: str | Path, lossconfig: dict[str, Any] | None = None) -> None:
     """Write ``model.yaml`` (taming layout) + ``model.safetensors`` into ``out_dir`` atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "layout": VQMODEL_TARGET})
+    data = save(tensors, metadata={"format": "pt", "layout": VQMODEL_TARGET})
+    atomic_write_bytes(out_dir / "model.safetensors", data)
     atomic_write_text(out_dir / "model.yaml", model.config.to_yaml(lossconfig))
 
 

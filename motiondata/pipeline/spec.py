@@ -80,7 +80,7 @@ def _resolve(path: str, base: Path) -> str:
     for root in (Path.cwd(), base.parent, base):
         if (root / candidate).exists():
             return str((root / candidate).resolve())
-    return str((Path.cwd() / candidate).resolve())
+    return path  # not a local path (a hub id, a package name) or missing: the reader reports it
 
 
 def _parse_sources(items: Any, base: Path) -> tuple[SourceSpec, ...]:

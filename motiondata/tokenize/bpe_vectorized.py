@@ -8,6 +8,8 @@ whole batch with array operations:
    ``'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`` as run-length rules over
    per-character classes (letter / number / other / whitespace). The classes are probed from the Rust
    pre-tokenizer itself, so they follow its Unicode tables.
+   Pieces are also cut between two characters that no vocabulary token spans (no merge can cross there,
+   so BPE of the two sides is independent): shorter pieces repeat more often.
 2. Look each piece up in a cache of pieces already encoded (64-bit hash, then an exact comparison of the
    characters); encode the new ones.
 3. BPE of a new piece: UTF-8 bytes -> byte-level symbols -> vocabulary ids (unknown symbols dropped, as the
@@ -24,9 +26,12 @@ against the Rust tokenizer once per instance and falls back to it on any disagre
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import threading
+from typing import Iterator
 
 import numpy as np
 from tokenizers import Tokenizer, pre_tokenizers
@@ -126,7 +131,8 @@ class _MergeTable:
         is_base[new] = False
         ranks = np.arange(len(keys))
         # rank order == creation order: every merge only uses base tokens or tokens of earlier merges
-        self.monotone = bool((((created[left] < ranks) | is_base[left]) & ((created[right] < ranks) | is_base[right])).all())
+        left_ready, right_ready = (created[left] < ranks) | is_base[left], (created[right] < ranks) | is_base[right]
+        self.monotone = bool((left_ready & right_ready).all())
         self.self_pair = np.append(left == right, False)  # per rank (and for -1): merges (A, A)
         if self.size <= _DENSE_MAX_VOCAB:
             self.rank_table = np.full(self.size * self.size, -1, np.int32)
@@ -168,6 +174,8 @@ class VectorBPE:
         encoded = [chr(code).encode("utf-8") for code in range(self.bound)]
         self.first_byte = np.array([e[0] for e in encoded], np.uint8)
         self.last_byte = np.array([e[-1] for e in encoded], np.uint8)
+        # a character with a byte the vocabulary lacks loses that symbol, so its neighbours meet: never cut there
+        self.complete = self.init_len == np.array([len(e) for e in encoded])
         self._lock = threading.Lock()
         self._reset_cache()
 
@@ -199,13 +207,14 @@ class VectorBPE:
     # ------------------------------------------------------------ encode
     def encode(self, codes: np.ndarray) -> list[list[int]] | None:
         """Token ids per row, or None if two different pieces hashed alike (the caller falls back)."""
-        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        codes = np.ascontiguousarray(codes, dtype=np.int32)
         rows, n = codes.shape
         if rows == 0 or n == 0:
             return [[] for _ in range(rows)]
         flat = codes.reshape(-1)
         cuts = piece_starts(codes, char_classes(self.bound))
-        cuts[:, 1:] |= ~self.joinable[self.last_byte[codes[:, :-1]], self.first_byte[codes[:, 1:]]]
+        apart = ~self.joinable[self.last_byte[codes[:, :-1]], self.first_byte[codes[:, 1:]]]
+        cuts[:, 1:] |= apart & self.complete[codes[:, :-1]] & self.complete[codes[:, 1:]]
         starts = np.flatnonzero(cuts.reshape(-1))
         lengths = np.diff(np.append(starts, flat.size))
         pos = np.arange(flat.size) - np.repeat(starts, lengths)
@@ -213,40 +222,44 @@ class VectorBPE:
         keys = np.add.reduceat(flat.astype(np.uint64) * powers[pos], starts) ^ (lengths.astype(np.uint64) * _HASH_LEN)
         with self._lock:
             idx = self._lookup(keys, flat, starts, lengths)
-            if idx is None or (self._chr_len[idx] != lengths).any() \
+            if (self._chr_len[idx] != lengths).any() \
                     or (self._chars[np.repeat(self._chr_off[idx], lengths) + pos] != flat).any():
                 return None
             counts, offsets = self._tok_len[idx], self._tok_off[idx]
             gather = np.repeat(offsets - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
             ids = self._tokens[gather].tolist()
         ends = np.cumsum(np.bincount(starts // n, weights=counts, minlength=rows).astype(np.int64)).tolist()
-        return [ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        with _gc_paused():  # thousands of new lists would trigger collections that rescan everything
+            return [ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
-    def _lookup(self, keys: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    def _lookup(self, keys: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Cache index of every piece, encoding and inserting the pieces not seen before."""
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         if self._keys.size:
-            idx = np.minimum(np.searchsorted(self._keys, keys), self._keys.size - 1)
-            hit = self._keys[idx] == keys
-            if hit.all():
-                return idx
+            found = np.minimum(np.searchsorted(self._keys, uniq), self._keys.size - 1)
+            new = self._keys[found] != uniq
         else:
-            hit = np.zeros(keys.size, bool)
-        new_keys, first = np.unique(keys[~hit], return_index=True)
-        first = np.flatnonzero(~hit)[first]
-        if self._keys.size and self._chars.size + int(lengths[first].sum()) > _CACHE_MAX_CHARS:
-            self._reset_cache()
-            return self._lookup(keys, flat, starts, lengths)
-        tokens, counts = self._bpe(flat, starts[first], lengths[first])
+            new = np.ones(uniq.size, bool)
+        if new.any():
+            first = first[new]
+            if self._keys.size and self._chars.size + int(lengths[first].sum()) > _CACHE_MAX_CHARS:
+                self._reset_cache()
+                return self._lookup(keys, flat, starts, lengths)
+            self._insert(uniq[new], flat, starts[first], lengths[first])
+        return np.searchsorted(self._keys, uniq)[inverse]
+
+    def _insert(self, new_keys: np.ndarray, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+        """BPE the new pieces (sorted, distinct keys) and add them to the cache."""
+        tokens, counts = self._bpe(flat, starts, lengths)
         at = np.searchsorted(self._keys, new_keys)
-        chars = flat[np.repeat(starts[first], lengths[first]) + _ranges(lengths[first])]
+        chars = flat[np.repeat(starts, lengths) + _ranges(lengths)]
         self._keys = np.insert(self._keys, at, new_keys)
-        self._chr_off = np.insert(self._chr_off, at, self._chars.size + np.cumsum(lengths[first]) - lengths[first])
-        self._chr_len = np.insert(self._chr_len, at, lengths[first])
+        self._chr_off = np.insert(self._chr_off, at, self._chars.size + np.cumsum(lengths) - lengths)
+        self._chr_len = np.insert(self._chr_len, at, lengths)
         self._tok_off = np.insert(self._tok_off, at, self._tokens.size + np.cumsum(counts) - counts)
         self._tok_len = np.insert(self._tok_len, at, counts)
         self._chars = np.concatenate([self._chars, chars.astype(np.int32)])
         self._tokens = np.concatenate([self._tokens, tokens])
-        return np.searchsorted(self._keys, keys)
 
     def _bpe(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """BPE of distinct pieces: (all tokens in piece order, token count per piece)."""
@@ -307,6 +320,17 @@ class VectorBPE:
         symbols, segment, rank = symbols[keep], segment[keep], rank[keep]
         self._set_ranks(symbols, segment, rank, np.concatenate([moved - 1, moved]))
         return symbols, segment, rank, seg_start, finished
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _ranges(lengths: np.ndarray) -> np.ndarray:

@@ -82,6 +82,7 @@ class ChunkSpec:
         h = self.steps(fps)
         starts = chunk_starts(len(actions), self.stride, self.complete_only, h)
         if starts.size == 0:
-            return np.zeros((0, h, np.shape(actions)[-1]), np.asarray(actions).dtype), np.zeros((0, h), np.uint8), starts
+            empty = np.zeros((0, h, np.shape(actions)[-1]), np.asarray(actions).dtype)
+            return empty, np.zeros((0, h), np.uint8), starts
         chunks, masks = chunks_at(actions, starts, h, self.pad)  # type: ignore[arg-type]
         return chunks, masks, starts

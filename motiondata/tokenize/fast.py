@@ -6,8 +6,9 @@ flattening (C order: every dim of frequency 0, then frequency 1, ...), the same 
 (``chr(max(v - min_token, 0))``) and the same ``tokenizers`` BPE, so a directory saved by either side loads
 in the other and gives identical ids. Differences are in speed and safety only:
 
-- ``encode`` is batched: one DCT over the whole batch, vectorised string building, and the Rust
-  ``Tokenizer.encode_batch`` instead of one Python tokenizer call per chunk.
+- ``encode`` is batched: one DCT over the whole batch, vectorised string building, and the BPE as an exact
+  numpy twin of the ``tokenizers`` pipeline (``bpe_vectorized``; checked against the Rust tokenizer on the
+  first batch, with ``Tokenizer.encode_batch`` as the fallback) instead of one Python call per chunk.
 - ``decode`` reports undecodable sequences (``strict=True``) instead of silently returning zeros, and a
   relaxed mode truncates / zero-pads instead of giving up.
 """
@@ -74,6 +75,15 @@ def _as_groups(chunks: np.ndarray | Sequence[np.ndarray]) -> tuple[int, list[tup
             raise FastTokenizerError(f"chunk {i} has shape {arr.shape}; each chunk must be [time, action_dim]")
         groups[(arr.shape, arr.dtype.str)].append(i)
     return len(arrays), [(pos, np.stack([arrays[i] for i in pos])) for pos in groups.values()]
+
+
+def _check_finite(values: np.ndarray, positions: list[int]) -> None:
+    """``values``: one number per chunk (a batch, or per-row extremes of its coefficients)."""
+    finite = np.isfinite(values).all(axis=tuple(range(1, np.ndim(values))))
+    if not finite.all():
+        bad = positions[int(np.flatnonzero(~finite)[0])]
+        raise FastTokenizerError(f"chunk {bad} holds NaN or inf. Fix: clean the actions (or drop the episode) "
+                                 "before tokenizing")
 
 
 def quantize(batch: np.ndarray, scale: float) -> np.ndarray:
@@ -146,6 +156,8 @@ class FastTokenizer:
         count, groups = _as_groups(chunks)
         if count == 0:
             raise FastTokenizerError("no chunks to fit on. Fix: pass at least one [time, action_dim] chunk")
+        for positions, batch in groups:
+            _check_finite(batch, positions)
         quantized = [(positions, quantize(batch, scale)) for positions, batch in groups]
         min_token = int(min(q.min() for _, q in quantized))
         max_token = int(max(q.max() for _, q in quantized))
@@ -175,17 +187,20 @@ class FastTokenizer:
         out: list[list[int]] = [[] for _ in range(count)]
         for positions, batch in groups:
             codes = quantize(batch, self.scale) - self.min_token
-            self._warn_out_of_range(codes)
-            for pos, ids in zip(positions, self._encode_codes(np.maximum(codes, 0))):
+            low, high = codes.min(axis=1, initial=0), codes.max(axis=1, initial=0)
+            _check_finite(low + high, positions)  # NaN / inf propagate into the row extremes
+            self._warn_out_of_range(low, high)
+            codes = np.clip(codes, 0, _MAX_CODEPOINT + 1).astype(np.int32)  # beyond: codes_to_texts raises
+            for pos, ids in zip(positions, self._encode_codes(codes, high)):
                 out[pos] = ids
         return out
 
-    def _encode_codes(self, codes: np.ndarray) -> list[list[int]]:
+    def _encode_codes(self, codes: np.ndarray, row_max: np.ndarray) -> list[list[int]]:
         """Vectorised path for rows inside the alphabet, Rust ``encode_batch`` for the rest."""
-        vector = self._vector_encoder(codes)
+        vector = self._vector_encoder(codes, row_max)
         if vector is None:
             return self._encode_rust(codes)
-        inside = codes.max(axis=1, initial=0) < vector.bound
+        inside = row_max < vector.bound
         out: list[list[int]] = [[] for _ in range(len(codes))]
         rows = np.flatnonzero(inside)
         fast = vector.encode(codes[rows]) if rows.size else []
@@ -198,7 +213,7 @@ class FastTokenizer:
             out[row] = ids
         return out
 
-    def _vector_encoder(self, codes: np.ndarray) -> bpe_vectorized.VectorBPE | None:
+    def _vector_encoder(self, codes: np.ndarray, row_max: np.ndarray) -> bpe_vectorized.VectorBPE | None:
         """Build the vectorised encoder once and check it against the Rust tokenizer on the first rows."""
         if self._vector_state == "off":
             return None
@@ -209,7 +224,7 @@ class FastTokenizer:
                 self._vector_state = "off"
                 return None
         if self._vector_state == "unchecked":
-            rows = np.flatnonzero(codes.max(axis=1, initial=0) < self._vector.bound)[:_SELF_CHECK_ROWS]
+            rows = np.flatnonzero(row_max < self._vector.bound)[:_SELF_CHECK_ROWS]
             if rows.size == 0:
                 return self._vector
             if self._vector.encode(codes[rows]) != self._encode_rust(codes[rows]):
@@ -226,15 +241,15 @@ class FastTokenizer:
         encode_batch = getattr(self.bpe, "encode_batch_fast", self.bpe.encode_batch)
         return [enc.ids for enc in encode_batch(codes_to_texts(codes))]
 
-    def _warn_out_of_range(self, codes: np.ndarray) -> None:
+    def _warn_out_of_range(self, row_min: np.ndarray, row_max: np.ndarray) -> None:
         """The reference clips coefficients below ``min_token`` to it, and its BPE silently drops
         characters beyond the fitted alphabet; both make the chunk decode wrong. Say so (ids stay identical)."""
-        low = codes < 0
-        high = codes > self.max_token - self.min_token if self.max_token is not None else np.zeros_like(low)
+        low = row_min < 0
+        high = row_max > self.max_token - self.min_token if self.max_token is not None else np.zeros_like(low)
         if low.any() or high.any():
             log.warning("%d of %d chunks have DCT coefficients outside the fitted range [%d, %s] (%d below, %d "
                         "above): they will not decode exactly. Normalise actions as at fit time, or refit",
-                        int((low | high).any(axis=1).sum()), len(codes), self.min_token, self.max_token,
+                        int((low | high).sum()), len(row_min), self.min_token, self.max_token,
                         int(low.sum()), int(high.sum()))
 
     # ---------------------------------------------------------------- decode

@@ -63,10 +63,11 @@ def read_store(store_dir: str | Path) -> FitInput:
     root_path = zarr_store(store_dir)
     if not root_path.is_dir():
         raise FitError(f"{store_dir}: no {root_path.name}/. Fix: point to a store built by motiondata build")
-    root = zarr.open_group(str(root_path), mode="r")
     episodes = []
-    for name in sorted(root.group_keys()):
-        group = root[name]
+    names = sorted(p.name for p in root_path.iterdir()  # hidden names are groups still being written
+                   if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file())
+    for name in names:
+        group = zarr.open_group(str(root_path / name), mode="r")
         episodes.append({key: np.asarray(group[key][:]) for key in sorted(group.array_keys())
                          if group[key].ndim == 2})
     stats = load_norm_stats(stats_file(store_dir)) if stats_file(store_dir).is_file() else None
