@@ -229,7 +229,8 @@ def fit_fast_cli(target: str, out: str, scale: float = 10, vocab_size: int = 102
     if not path.exists():
         raise FitError(f"{target}: does not exist. Fix: pass a store directory or an HDF5 file/folder")
     report = fit_fast(path, out, scale=scale, vocab_size=vocab_size, horizon=horizon)
-    log.info("%s", format_report(report))
+    log.info("saved FAST tokenizer to %s (%d ids, %.2f tokens per chunk)", out, report["vocab_size"],
+             report["tokens_per_chunk"]["mean"])
     return report
 
 
