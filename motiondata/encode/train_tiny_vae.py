@@ -4,7 +4,7 @@
 
 Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
 temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
-Data: random 9-frame (1+4+4) clips, random 32x32 crops (6 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
+Data: random 9-frame (1+4+4) clips, random 32x32 crops (6 per step; the last 30% of the time whole 128x128 frames, 1 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
 (LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
 Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
 After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
@@ -86,9 +86,18 @@ def sample_batch(rng: np.random.Generator, streams: list[np.ndarray], batch: int
     return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
+def step_shape(frac: float, batch: int, crop: int, final_crop: int, final_frac: float) -> tuple[int, int]:
+    """(batch, crop) for this step: small crops first, then full-size frames (the mid-block attention then
+    sees as many tokens as at inference) with a batch keeping the pixel count about constant."""
+    if frac < 1.0 - final_frac or final_crop <= crop:
+        return batch, crop
+    return max(1, round(batch * (crop / final_crop) ** 2)), final_crop
+
+
 def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max_steps: int, batch: int,
-          crop: int, lr: float, seed: int) -> dict:
+          crop: int, lr: float, seed: int, final_crop: int = 128, final_frac: float = 0.3) -> dict:
     rng = np.random.default_rng(seed)
+    final_crop = min([final_crop] + [min(s.shape[1:3]) for s in streams])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start, step, losses = time.monotonic(), 0, []
     budget = minutes * 60.0
@@ -97,7 +106,7 @@ def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max
         frac = min(1.0, max(step / max_steps, (time.monotonic() - start) / budget))
         for group in opt.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x = sample_batch(rng, streams, batch, crop)
+        x = sample_batch(rng, streams, *step_shape(frac, batch, crop, final_crop, final_frac))
         posterior = model.encode(x).latent_dist
         recon = model.decode(posterior.mean).sample
         kl = posterior.kl().mean() / x[0].numel()
@@ -128,11 +137,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
-def reconstruction_psnr(vae: VideoVae, streams: list[np.ndarray], window: int = 17) -> float:
-    """PSNR (dB, uint8 scale) over all full ``window``-frame windows of the streams (mean over clips)."""
+def reconstruction_psnr(vae: VideoVae, streams: list[np.ndarray], window: int = 17, max_windows: int = 100) -> float:
+    """PSNR (dB, uint8 scale) over the first ``max_windows`` full ``window``-frame windows of each stream
+    (mean over clips)."""
     scores = []
     for s in streams:
-        for start in range(0, s.shape[0] - window + 1, window):
+        for start in range(0, s.shape[0] - window + 1, window)[:max_windows]:
             clip = s[None, start:start + window]
             scores.append(psnr(vae.decode(vae.encode(clip))[0], clip[0, : vae.frames_used(window)]))
     return float(np.mean(scores)) if scores else float("nan")
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--final-crop", type=int, default=128, help="crop size for the last --final-frac of training")
+    p.add_argument("--final-frac", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
@@ -210,13 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("training on %d streams (%d frames), %d held-out", len(streams), sum(len(s) for s in streams),
              len(held_out))
     model = AutoencoderKLWan(**DEMO_CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
-    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed)
+    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed,
+                 args.final_crop, args.final_frac)
     mean, std = latent_stats(model, streams, 64, args.seed)
     model.register_to_config(latents_mean=mean, latents_std=std)
     vae = VideoVae(model, "wan")
     info.update(data=str(args.data), videos=[Path(v).name for v in args.videos], config=DEMO_CONFIG,
                 diffusers=diffusers.__version__, torch=torch.__version__,
-                psnr_train_episodes=round(reconstruction_psnr(vae, episodes), 2) if episodes else None,
+                psnr_train_episodes=round(reconstruction_psnr(vae, episodes, max_windows=1), 2) if episodes else None,
                 psnr_heldout_episode=round(reconstruction_psnr(vae, held_out), 2) if held_out else None,
                 psnr_videos_128=round(reconstruction_psnr(vae, center_crops(streams[len(episodes):])), 2))
     log.info("result: %s", json.dumps(info))

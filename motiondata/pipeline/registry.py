@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 from motiondata.errors import SpecError
@@ -24,15 +25,29 @@ def stage_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_stage(params: dict[str, Any]) -> Any:
+@dataclass(frozen=True)
+class BoundStage:
+    """A stage plus the spec's ``sources:`` filter (names of the sources it runs on; None = all)."""
+
+    stage: Any
+    sources: tuple[str, ...] | None = None
+
+    def applies_to(self, source_name: str) -> bool:
+        return self.sources is None or source_name in self.sources
+
+
+def build_stage(params: dict[str, Any]) -> BoundStage:
     params = dict(params)
     name = params.pop("name")
+    sources = params.pop("sources", None)
+    if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+        raise SpecError(f"stage {name!r}: `sources:` must be a list of source names, e.g. [aloha]")
     cls = stage_class(name)
     try:
-        return cls(**params)
+        return BoundStage(cls(**params), tuple(sources) if sources is not None else None)
     except TypeError as exc:
         raise SpecError(f"stage {name!r}: {exc}; see docs for its parameters") from exc
 
 
-def build_stages(stage_params: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[Any]:
+def build_stages(stage_params: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[BoundStage]:
     return [build_stage(p) for p in stage_params]

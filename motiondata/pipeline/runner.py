@@ -146,7 +146,8 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
     job = {
         "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
         "spec_hash": spec.hash(), "software": software_versions(),
-        "stages": [{"name": s.name, "config_hash": s.config_hash()} for s in job_stages(spec)],
+        "stages": [{"name": b.stage.name, "config_hash": b.stage.config_hash(),
+                    **({"sources": list(b.sources)} if b.sources is not None else {})} for b in job_stages(spec)],
         "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
                     "sha256": m["sha256"]} for m in manifests],
         "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,

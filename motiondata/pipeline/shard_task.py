@@ -78,7 +78,10 @@ class ShardBuilder:
 
     def encode(self, episode: Episode, file: str) -> dict[str, Any] | None:
         item = self.windowing({"episode": episode})
-        for stage in self.stages:
+        for bound in self.stages:
+            if not bound.applies_to(episode.source):
+                continue
+            stage = bound.stage
             try:
                 item = stage(item)
             except Exception as exc:
