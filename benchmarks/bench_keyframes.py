@@ -124,8 +124,8 @@ def run(episodes: int, threads: int) -> str:
         f"{sum(map(len, frames))} frames in all, first camera.",
         f"Model: demo VQGAN ({DEMO}), {cfg.resolution}x{cfg.resolution} input, {cfg.downsample}x downsampling, "
         f"{cfg.n_embed} codes; policy chunk_starts (chunk 10, 2 keyframes per sample).", "",
-        f"Timings: best of {REPEATS} runs. Keyframes/s counts keyframes delivered into samples (2 per sample). Baseline: a per-sample loop over "
-        "taming's modules (batch = one sample's keyframes). Same codes: the share of code positions where the "
+        f"Timings: best of {REPEATS} runs. Keyframes/s counts keyframes delivered into samples (2 per sample). "
+        "Baseline: a per-sample loop over taming's modules (batch = one sample's keyframes). Same codes: the share of code positions where the "
         "two agree; a rare near-tie can flip with the batch size (float rounding in the convolutions).", "",
         "| window / stride | samples | keyframes | baseline keyframes/s | KeyframeStage keyframes/s | speed-up "
         "| same codes |",

@@ -8,8 +8,8 @@ the pipeline runs end to end with real codes, not for image quality. The codeboo
 outputs and unused codes are re-seeded from the batch every 50 steps. Half the frames are rotated by 180
 degrees (LIBERO-layout files are stored upside down; readers may or may not flip them). The last episode
 (all its cameras, when there are several episodes) is held out for the reported PSNR. Training stops at
-``--steps`` or ``--minutes``, whichever comes first (the learning-rate schedule follows whichever binds). Output: ``model.yaml`` (taming layout), ``model.safetensors``,
-``metrics.json``.
+``--steps`` or ``--minutes``, whichever comes first (the learning-rate schedule follows whichever binds).
+Output: ``model.yaml`` (taming layout), ``model.safetensors``, ``metrics.json``.
 """
 
 from __future__ import annotations
