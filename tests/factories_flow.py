@@ -48,6 +48,14 @@ def random_texture(size: int, seed: int = 0, sigma: float = 1.2) -> np.ndarray:
     return np.stack(layers, axis=-1).astype(np.uint8)
 
 
+def blob_texture(size: int, cells: int = 12, seed: int = 0) -> np.ndarray:
+    """Coarse, high-contrast random blobs ``(size, size, 3) uint8``: survives the minification of a
+    small rendered object (a fine texture averages to grey)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (cells, cells, 3)).astype(np.float32)
+    return np.clip(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)
+
+
 def plane_motion(t: int, size: int, shift: tuple[float, float], degrees: float) -> np.ndarray:
     """Affine map (2, 3) for frame ``t``: the big texture's centre goes to the frame centre, then the
     texture is rotated by ``t * degrees`` about the frame centre and shifted by ``t * shift`` pixels."""
@@ -77,11 +85,12 @@ def textured_plane(frames: int = 40, size: int = 128, shift: tuple[float, float]
 
 MUJOCO_XML = """
 <mujoco>
-  <visual><global offwidth="{size}" offheight="{size}"/><quality shadowsize="0"/></visual>
+  <visual><global offwidth="{size}" offheight="{size}"/><quality shadowsize="0"/>
+    <headlight diffuse="0.5 0.5 0.5" ambient="0.3 0.3 0.3"/></visual>
   <asset>
     <texture name="table" type="2d" file="table.png"/>
     <texture name="obj" type="2d" file="obj.png"/>
-    <material name="table" texture="table" texrepeat="2 2"/>
+    <material name="table" texture="table" texrepeat="4 4"/>
     <material name="obj" texture="obj" texrepeat="1 1" texuniform="false"/>
     <material name="post" texture="table" texrepeat="1 1"/>
   </asset>
@@ -89,7 +98,7 @@ MUJOCO_XML = """
     <light pos="0 -0.5 2" dir="0 0.3 -1" diffuse="0.8 0.8 0.8" castshadow="false"/>
     <light pos="0 0 2" dir="0 0 -1" diffuse="0.4 0.4 0.4" castshadow="false"/>
     <camera name="cam" pos="0 -0.75 0.75" xyaxes="1 0 0 0 0.7071 0.7071" fovy="45"/>
-    <geom name="table" type="box" size="0.6 0.6 0.02" pos="0 0.1 -0.02" material="table"/>
+    <geom name="table" type="box" size="1.5 1.5 0.02" pos="0 0.5 -0.02" material="table"/>
     <geom name="occluder" type="box" size="0.035 0.035 0.12" pos="{occ_x} -0.22 0.12" material="post"/>
     <body name="obj" mocap="true" pos="0 0 0.07">
       <geom name="obj" type="box" size="0.07 0.07 0.07" material="obj"/>
@@ -132,7 +141,7 @@ class MujocoScene:
 def object_path(t: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Known mocap trajectory: left to right, towards the camera, slightly up, with a yaw turn."""
     a = t / max(frames - 1, 1)
-    pos = np.array([-0.28 + 0.5 * a, 0.12 - 0.2 * a, 0.07 + 0.03 * a])
+    pos = np.array([-0.28 + 0.5 * a, 0.12 - 0.2 * a, 0.14 + 0.04 * a])
     yaw = np.deg2rad(25.0) * a
     return pos, np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
@@ -142,7 +151,7 @@ def mujoco_scene(frames: int = 40, size: int = 128, occluder_x: float = 0.1) -> 
     import mujoco
 
     assets = {"table.png": cv2.imencode(".png", random_texture(256, seed=1, sigma=1.5))[1].tobytes(),
-              "obj.png": cv2.imencode(".png", random_texture(128, seed=2, sigma=1.0))[1].tobytes()}
+              "obj.png": cv2.imencode(".png", blob_texture(128, cells=12, seed=2))[1].tobytes()}
     model = mujoco.MjModel.from_xml_string(MUJOCO_XML.format(size=size, occ_x=occluder_x), assets)
     data = mujoco.MjData(model)
     cam = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "cam")
@@ -196,3 +205,33 @@ def mujoco_true_tracks(scene: MujocoScene, query: int, xy: np.ndarray, steps: in
         out_xy.append(p), out_d.append(d), vis.append(inside & ~hidden & (geom >= 0)), hid.append(hidden)
     return {"xy": np.stack(out_xy, 1).astype(np.float32), "depth": np.stack(out_d, 1).astype(np.float32),
             "visible": np.stack(vis, 1), "hidden": np.stack(hid, 1), "geom": geom}
+
+
+def plane_episode(frames: int = 40, size: int = 64, with_depth: bool = True, shift=(1.0, 0.5), **kw):
+    """An :class:`~motiondata.episode.Episode` of a translating textured plane (camera ``front``)."""
+    from motiondata.episode import Episode
+
+    scene = textured_plane(frames=frames, size=size, shift=shift, **kw)
+    depth = {"front": scene.depth.copy()} if with_depth else {}
+    return Episode(id="plane", source="synthetic", fps=10.0, rgb={"front": scene.frames}, depth=depth), scene
+
+
+def flow_item(episode, window: int = 8, stride: int = 4) -> dict:
+    """A stage item with planned windows and empty samples."""
+    from motiondata.pipeline.stage import plan_windows
+
+    windows = plan_windows(episode.length, window, stride)
+    return {"episode": episode, "windows": windows, "samples": [{"__key__": f"w{w.index}"} for w in windows],
+            "episode_fields": {}}
+
+
+def still_model():
+    """A "learned tracker" in CoTracker's calling convention that predicts no motion (for plumbing tests)."""
+    import torch
+
+    def model(video, queries):
+        t, n = video.shape[1], queries.shape[1]
+        tracks = queries[:, None, :, 1:].expand(1, t, n, 2).clone()
+        return tracks, torch.ones(1, t, n, dtype=torch.bool)
+
+    return model

@@ -8,10 +8,11 @@ Output per query frame ``q``: ``tracks (N, S, 3)`` with ``tracks[:, s] = p[s+1] 
 the query position on frame ``q`` and ``p[k]`` the position on frame ``q + k`` (or at the ``k``-th
 equal-path-length time when resampling); ``valid (N, S)``: delta ``s`` is valid when position ``s+1``
 is (and so every position before it). A position is invalid once the tracker lost the point (LK status
-0, failed forward-backward check), it left the frame (within ``margin`` px of the border), it has no valid
-depth (when depth exists), or it is occluded (its depth jumped by more than ``occlusion_threshold``
-relative to the previous step, or a nearer surface lies inside its depth footprint). Once invalid,
-always invalid; invalid entries are exactly zero.
+0, failed forward-backward check), it left the frame (closer than ``margin`` px to the border), it has no valid
+depth (when depth exists), or it is occluded: its depth jumped by more than ``occlusion_threshold``
+(relative) since the previous step, or an occluding depth edge nearer than the point by that much lies
+within ``occlusion_radius`` px (the tracker's window sees the occluder; LK and DIS then drag the point
+along the occluder's silhouette). Once invalid, always invalid; invalid entries are exactly zero.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from motiondata.encode.flow_trackers import LucasKanadeTracker, Tracker
@@ -48,19 +50,20 @@ def grid_points(height: int, width: int, grid: int = 20) -> np.ndarray:
 
 
 def in_frame(xy: np.ndarray, height: int, width: int, margin: float) -> np.ndarray:
+    """At least ``margin`` px inside the image border (the image spans ``[-0.5, W - 0.5]``)."""
     x, y = xy[..., 0], xy[..., 1]
-    return ((x >= margin) & (y >= margin) & (x <= width - 1 - margin) & (y <= height - 1 - margin)
+    lo = margin - 0.5
+    return ((x >= lo) & (y >= lo) & (x <= width - 0.5 - margin) & (y <= height - 0.5 - margin)
             & np.isfinite(x) & np.isfinite(y))
 
 
 def sample_depth(depth: np.ndarray, t: np.ndarray, xy: np.ndarray,
-                 edge: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 edge: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Masked bilinear depth of ``depth (T, H, W)`` at frames ``t (...)`` and pixels ``xy (..., 2)``.
 
     Invalid neighbours (0, NaN, inf) get no weight. Across a depth discontinuity (neighbours differ by
     more than ``edge`` x depth) the nearest valid neighbour is used instead of a blend of two surfaces.
-    Returns ``(d, ok, front)``: ``ok`` when the nearest neighbour is valid; ``front`` when a neighbour is
-    nearer than ``d`` by more than ``edge`` x ``d`` (the point sits behind an occluding edge)."""
+    Returns ``(d, ok)``, ``ok`` when the nearest neighbour is valid; ``d`` is 0 where not ok."""
     _, h, w = depth.shape
     x = np.clip(np.nan_to_num(xy[..., 0]), 0, w - 1)
     y = np.clip(np.nan_to_num(xy[..., 1]), 0, h - 1)
@@ -73,26 +76,53 @@ def sample_depth(depth: np.ndarray, t: np.ndarray, xy: np.ndarray,
     good = np.isfinite(vals) & (vals > 0)
     vals = np.where(good, vals, 0.0)
     wg = np.where(good, wts, 0.0)
-    wsum = wg.sum(-1)
-    bilinear = (wg * vals).sum(-1) / np.maximum(wsum, 1e-12)
+    bilinear = (wg * vals).sum(-1) / np.maximum(wg.sum(-1), 1e-12)
     nearest_i = np.argmax(wts, axis=-1)[..., None]
     nearest = np.take_along_axis(vals, nearest_i, -1)[..., 0]
     ok = np.take_along_axis(good, nearest_i, -1)[..., 0]
-    hi = np.where(good, vals, -np.inf).max(-1)
-    lo = np.where(good, vals, np.inf).min(-1)
-    d = np.where(hi - lo > edge * nearest, nearest, bilinear)
-    front = ok & (d - lo > edge * d)
-    return np.where(ok, d, 0.0).astype(np.float32), ok, front
+    spread = np.where(good, vals, -np.inf).max(-1) - np.where(good, vals, np.inf).min(-1)
+    d = np.where(spread > edge * nearest, nearest, bilinear)
+    return np.where(ok, d, 0.0).astype(np.float32), ok
 
 
-def point_depth(depth: np.ndarray, query_frames: np.ndarray, xy: np.ndarray,
-                edge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Depth along tracks ``xy (Q, N, K+1, 2)``: frame of step ``k`` is ``q + k`` (clipped; steps past
-    the end are invalid anyway)."""
+def occluder_depth(depth: np.ndarray, threshold: float, radius: int) -> np.ndarray:
+    """Per frame, the depth of the nearest occluding edge within ``radius`` px (``inf`` where none).
+
+    An occluding-edge pixel is the near side of a depth discontinuity: a 4-neighbour lies farther by
+    more than ``threshold`` x depth. Slanted surfaces (a table seen at an angle) change depth smoothly
+    and produce no edges, so only real occluders count."""
+    clean = np.where(np.isfinite(depth) & (depth > 0), depth, np.inf).astype(np.float32)
+    edge = np.zeros(clean.shape, bool)
+    for axis in (1, 2):
+        a = np.moveaxis(clean, axis, -1)
+        e = np.moveaxis(edge, axis, -1)
+        with np.errstate(invalid="ignore"):
+            jump = a[..., 1:] - a[..., :-1]
+        e[..., :-1] |= np.isfinite(a[..., :-1]) & (jump > threshold * a[..., :-1])
+        e[..., 1:] |= np.isfinite(a[..., 1:]) & (-jump > threshold * a[..., 1:])
+    near = np.where(edge, clean, np.inf).astype(np.float32)
+    if radius <= 0:
+        return near
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return np.stack([cv2.erode(f, kernel, borderType=cv2.BORDER_REPLICATE) for f in near])
+
+
+def point_depth(depth: np.ndarray, query_frames: np.ndarray, xy: np.ndarray, edge: float,
+                radius: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth along tracks ``xy (Q, N, K+1, 2)`` (frame of step ``k`` is ``q + k``, clipped; steps past
+    the end are invalid anyway). Returns ``(d, ok, front)``; ``front`` marks points with an occluding
+    edge nearer by more than ``edge`` x ``d`` within ``radius`` px: the tracker's window sees an
+    occluder, so the point is (about to be) occluded or is being dragged along its silhouette."""
     k = np.arange(xy.shape[2])
     t = np.clip(query_frames[:, None] + k[None], 0, len(depth) - 1)[:, None, :]
     t = np.broadcast_to(t, xy.shape[:3])
-    return sample_depth(depth, t, xy, edge)
+    d, ok = sample_depth(depth, t, xy, edge)
+    near = occluder_depth(depth, edge, radius)
+    _, h, w = depth.shape
+    xi = np.clip(np.rint(np.nan_to_num(xy[..., 0])), 0, w - 1).astype(np.int64)
+    yi = np.clip(np.rint(np.nan_to_num(xy[..., 1])), 0, h - 1).astype(np.int64)
+    front = ok & (d - near[t, yi, xi] > edge * d)
+    return d, ok, front
 
 
 def track_validity(xy: np.ndarray, ok: np.ndarray, d: np.ndarray | None, d_ok: np.ndarray | None,
@@ -161,8 +191,8 @@ def _positions(xy: np.ndarray, d: np.ndarray | None, shape: tuple[int, int]) -> 
 
 
 def compute_flow(frames: np.ndarray, query_frames: Sequence[int], depth: np.ndarray | None = None, *,
-                 steps: int = 32, grid: int = 20, tracker: Tracker | None = None, margin: float = 2.0,
-                 occlusion_threshold: float = 0.05, horizon: int | None = None,
+                 steps: int = 32, grid: int = 20, tracker: Tracker | None = None, margin: float = 1.0,
+                 occlusion_threshold: float = 0.03, occlusion_radius: int = 4, horizon: int | None = None,
                  resample_path: float | None = None, normalize: bool = False,
                  bounds: Sequence[Sequence[float]] = LAMP_BOUNDS) -> FlowResult:
     """Scene flow of ``frames (T, H, W, 3) uint8`` for every query frame. ``depth (T, H, W)`` (0/NaN
@@ -177,7 +207,7 @@ def compute_flow(frames: np.ndarray, query_frames: Sequence[int], depth: np.ndar
     res = tracker.track(frames, q, grid_points(*shape, grid), horizon)
     d = d_ok = front = None
     if depth is not None:
-        d, d_ok, front = point_depth(depth, q, res.xy, occlusion_threshold)
+        d, d_ok, front = point_depth(depth, q, res.xy, occlusion_threshold, occlusion_radius)
     valid = track_validity(res.xy, res.ok, d, d_ok, front, shape, margin, occlusion_threshold)
     pos = _positions(res.xy, d, shape)
     if resample_path is not None:

@@ -33,15 +33,6 @@ class DepthProvider(Protocol):
     def estimate(self, frames: np.ndarray, sensor: np.ndarray | None) -> np.ndarray | None: ...
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; anything else is returned as is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass(frozen=True)
 class SensorDepth:
     source: str = "sensor"
@@ -66,12 +57,16 @@ def load_depth_model(path: str, device: str) -> tuple[Any, Any]:
     """Load (model, image processor) once per process from a local directory (no network)."""
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+    from motiondata.encode.base import prepare_module, resolve_device
+
     if not Path(path).is_dir():
         raise FileNotFoundError(f"depth_model: {path!r} is not a directory; save a transformers "
                                 "depth-estimation model there with save_pretrained() (weights are never downloaded)")
     processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True).eval().to(device)
-    log.info("loaded depth model %s (%s) on %s", path, model.config.model_type, device)
+    model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)
+    torch_device = resolve_device(device)
+    model = prepare_module(model, torch_device, next(model.parameters()).dtype)
+    log.info("loaded depth model %s (%s) on %s", path, model.config.model_type, torch_device)
     return model, processor
 
 
@@ -111,13 +106,15 @@ class MonocularDepth:
     def estimate(self, frames: np.ndarray, sensor: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        device = resolve_device(self.device)
-        model, processor = load_depth_model(str(self.path), device)
+        from motiondata.encode.base import inference_mode
+
+        model, processor = load_depth_model(str(self.path), str(self.device))
+        device = next(model.parameters()).device
         h, w = frames.shape[1:3]
         out = []
         for i in range(0, len(frames), self.batch_size):
             inputs = processor(images=list(frames[i: i + self.batch_size]), return_tensors="pt").to(device)
-            with torch.inference_mode():
+            with inference_mode(device):
                 pred = model(**inputs).predicted_depth
             if pred.ndim == 3:
                 pred = pred[:, None]

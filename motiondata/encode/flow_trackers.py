@@ -98,7 +98,7 @@ class LucasKanadeTracker:
     backward track misses its start by more than ``fb_threshold`` pixels, or whose LK status is 0,
     is lost from that step on."""
 
-    win_size: int = 15
+    win_size: int = 9
     max_level: int = 3
     fb_threshold: float = 1.0
     max_iters: int = 30
@@ -212,11 +212,11 @@ class LearnedTracker:
             return np.asarray(tracks, np.float32), self._visible(np.asarray(vis))
         import torch
 
-        from motiondata.encode.flow_depth import resolve_device
+        from motiondata.encode.base import inference_mode, resolve_device
 
         device = resolve_device(self.device)
         video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)[None].float().to(device)
-        with torch.inference_mode():
+        with inference_mode(device):
             tracks, vis = self.model(video, torch.from_numpy(queries)[None].to(device))
         tracks = tracks[0].detach().float().cpu().numpy()
         return tracks, self._visible(vis[0].detach().cpu().numpy())

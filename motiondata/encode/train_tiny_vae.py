@@ -4,7 +4,7 @@
 
 Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
 temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
-Data: random 9-frame (1+4+4) clips, random 32x32 crops (6 per step; the last 30% of the time whole 128x128 frames, 1 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
+Data: random 9-frame (1+4+4) clips, random 32x32 crops (6 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
 (LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
 Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
 After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
@@ -86,18 +86,9 @@ def sample_batch(rng: np.random.Generator, streams: list[np.ndarray], batch: int
     return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def step_shape(frac: float, batch: int, crop: int, final_crop: int, final_frac: float) -> tuple[int, int]:
-    """(batch, crop) for this step: small crops first, then full-size frames (the mid-block attention then
-    sees as many tokens as at inference) with a batch keeping the pixel count about constant."""
-    if frac < 1.0 - final_frac or final_crop <= crop:
-        return batch, crop
-    return max(1, round(batch * (crop / final_crop) ** 2)), final_crop
-
-
 def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max_steps: int, batch: int,
-          crop: int, lr: float, seed: int, final_crop: int = 128, final_frac: float = 0.3) -> dict:
+          crop: int, lr: float, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    final_crop = min([final_crop] + [min(s.shape[1:3]) for s in streams])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start, step, losses = time.monotonic(), 0, []
     budget = minutes * 60.0
@@ -106,7 +97,7 @@ def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max
         frac = min(1.0, max(step / max_steps, (time.monotonic() - start) / budget))
         for group in opt.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x = sample_batch(rng, streams, *step_shape(frac, batch, crop, final_crop, final_frac))
+        x = sample_batch(rng, streams, batch, crop)
         posterior = model.encode(x).latent_dist
         recon = model.decode(posterior.mean).sample
         kl = posterior.kl().mean() / x[0].numel()
@@ -207,9 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--crop", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--final-crop", type=int, default=128, help="crop size for the last --final-frac of training")
-    p.add_argument("--final-frac", type=float, default=0.3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
@@ -222,8 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("training on %d streams (%d frames), %d held-out", len(streams), sum(len(s) for s in streams),
              len(held_out))
     model = AutoencoderKLWan(**DEMO_CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
-    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed,
-                 args.final_crop, args.final_frac)
+    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed)
     mean, std = latent_stats(model, streams, 64, args.seed)
     model.register_to_config(latents_mean=mean, latents_std=std)
     vae = VideoVae(model, "wan")
