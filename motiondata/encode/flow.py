@@ -17,8 +17,8 @@ along the occluder's silhouette). Once invalid, always invalid; invalid entries 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -91,24 +91,19 @@ def occluder_depth(depth: np.ndarray, threshold: float, radius: int) -> np.ndarr
     An occluding-edge pixel is the near side of a depth discontinuity: a 4-neighbour lies farther by
     more than ``threshold`` x depth. Slanted surfaces (a table seen at an angle) change depth smoothly
     and produce no edges, so only real occluders count."""
-    clean = np.where(np.isfinite(depth) & (depth > 0), depth, np.inf).astype(np.float32)
-    edge = np.zeros(clean.shape, bool)
-    for axis in (1, 2):
-        a = np.moveaxis(clean, axis, -1)
-        e = np.moveaxis(edge, axis, -1)
-        with np.errstate(invalid="ignore"):
-            jump = a[..., 1:] - a[..., :-1]
-        e[..., :-1] |= np.isfinite(a[..., :-1]) & (jump > threshold * a[..., :-1])
-        e[..., 1:] |= np.isfinite(a[..., 1:]) & (-jump > threshold * a[..., 1:])
-    near = np.where(edge, clean, np.inf).astype(np.float32)
-    if radius <= 0:
-        return near
-    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
-    return np.stack([cv2.erode(f, kernel, borderType=cv2.BORDER_REPLICATE) for f in near])
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    square = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8) if radius > 0 else None
+    out = np.empty(depth.shape, np.float32)
+    for i, frame in enumerate(depth):
+        clean = np.where(np.isfinite(frame) & (frame > 0), frame, np.inf).astype(np.float32)
+        farthest = cv2.dilate(clean, cross, borderType=cv2.BORDER_REPLICATE)
+        near = np.where(farthest > clean * (1.0 + threshold), clean, np.inf).astype(np.float32)
+        out[i] = cv2.erode(near, square, borderType=cv2.BORDER_REPLICATE) if square is not None else near
+    return out
 
 
 def point_depth(depth: np.ndarray, query_frames: np.ndarray, xy: np.ndarray, edge: float,
-                radius: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                radius: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Depth along tracks ``xy (Q, N, K+1, 2)`` (frame of step ``k`` is ``q + k``, clipped; steps past
     the end are invalid anyway). Returns ``(d, ok, front)``; ``front`` marks points with an occluding
     edge nearer by more than ``edge`` x ``d`` within ``radius`` px: the tracker's window sees an
@@ -117,11 +112,12 @@ def point_depth(depth: np.ndarray, query_frames: np.ndarray, xy: np.ndarray, edg
     t = np.clip(query_frames[:, None] + k[None], 0, len(depth) - 1)[:, None, :]
     t = np.broadcast_to(t, xy.shape[:3])
     d, ok = sample_depth(depth, t, xy, edge)
-    near = occluder_depth(depth, edge, radius)
+    used = np.unique(t)
+    near = occluder_depth(depth[used], edge, radius)
     _, h, w = depth.shape
     xi = np.clip(np.rint(np.nan_to_num(xy[..., 0])), 0, w - 1).astype(np.int64)
     yi = np.clip(np.rint(np.nan_to_num(xy[..., 1])), 0, h - 1).astype(np.int64)
-    front = ok & (d - near[t, yi, xi] > edge * d)
+    front = ok & (d - near[np.searchsorted(used, t), yi, xi] > edge * d)
     return d, ok, front
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -40,11 +41,23 @@ class Tracker(Protocol):
               steps: int) -> TrackResult: ...
 
 
-def to_gray(frames: np.ndarray) -> np.ndarray:
-    """``(T, H, W, 3) uint8`` RGB -> ``(T, H, W) uint8`` gray (already-gray input passes through)."""
-    if frames.ndim == 3:
-        return np.ascontiguousarray(frames)
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+class LazyGray:
+    """Gray frames converted on first use (only the frames a tracking run visits), keeping the last few."""
+
+    def __init__(self, frames: np.ndarray, keep: int = 3):
+        self.frames, self.keep, self.cache = frames, keep, {}
+        self.shape = frames.shape[:3]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k not in self.cache:
+            frame = self.frames[k]
+            self.cache[k] = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            for old in [key for key in self.cache if key < k - self.keep]:
+                del self.cache[old]
+        return self.cache[k]
 
 
 def _query_points(query_frames: Sequence[int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +119,10 @@ class LucasKanadeTracker:
 
     def track(self, frames: np.ndarray, query_frames: Sequence[int], points: np.ndarray,
               steps: int) -> TrackResult:
-        gray = to_gray(frames)
+        gray = LazyGray(frames)
         h, w = gray.shape[1:3]
-        lk = dict(winSize=(self.win_size, self.win_size), maxLevel=self.max_level,
-                  criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, self.max_iters, self.eps))
+        lk = {"winSize": (self.win_size, self.win_size), "maxLevel": self.max_level,
+              "criteria": (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, self.max_iters, self.eps)}
 
         def advance(k: int, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             p0 = pts.reshape(-1, 1, 2)
@@ -149,7 +162,7 @@ class DisTracker:
 
     def track(self, frames: np.ndarray, query_frames: Sequence[int], points: np.ndarray,
               steps: int) -> TrackResult:
-        gray = to_gray(frames)
+        gray = LazyGray(frames)
         h, w = gray.shape[1:3]
         dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.preset])
         if self.finest_scale is not None:

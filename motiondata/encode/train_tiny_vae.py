@@ -4,7 +4,7 @@
 
 Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
 temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
-Data: random 9-frame (1+4+4) clips, random 32x32 crops (6 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
+Data: random 17-frame (1+4*4) clips, random 32x32 crops (3 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
 (LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
 Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
 After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
@@ -34,7 +34,7 @@ log = logging.getLogger("motiondata.train_tiny_vae")
 
 DEMO_CONFIG = dict(base_dim=12, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
                    temperal_downsample=[False, True, True], dropout=0.0)
-CLIP = 9  # 1 + 4 + 4 frames: the causal first frame, then steady-state 4-frame chunks (2-frame caches)
+CLIP = 17  # 1 + 4*4 frames, the stage's window: the causal caches drift on lengths never seen in training
 
 
 def load_hdf5_episodes(path: str | Path) -> dict[str, list[np.ndarray]]:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="tokenizers/vae/demo-wan")
     p.add_argument("--minutes", type=float, default=8.0)
     p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--batch", type=int, default=3)
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
