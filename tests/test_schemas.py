@@ -96,7 +96,7 @@ def test_episode_attrs_validate_and_are_described(store):
     ({"__key__": "k", "meta": {"json": {"episode": "e", "window": 0, "start": 0, "length": 1}},
       "vae.latents": {"dtype": "float32", "shape": [1, 2, 3, 4]}}, "float16"),
     ({"__key__": "k", "meta": {"json": {"episode": "e", "window": 0, "start": 0, "length": 1}},
-      "flow.tracks": {"dtype": "float16", "shape": [100, 32, 3]}}, "400"),
+      "flow.tracks": {"dtype": "float16", "shape": [400, 32, 2]}}, "3"),
     ({"__key__": "k", "meta": {"json": {"episode": "e", "window": 0, "start": 0, "length": 1}},
       "Bad Name": {"json": 1}}, "Bad Name"),
 ])
