@@ -10,16 +10,16 @@ import torch
 from motiondata.episode import Episode
 from motiondata.pipeline.stage import plan_windows
 
-WAN21_TINY = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                  temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-                  latents_std=[1.5, 0.5, 2.0, 1.0])
-WAN22_TINY = dict(base_dim=8, decoder_base_dim=12, z_dim=8, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                  temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
-                  patch_size=2, scale_factor_spatial=16, latents_mean=[0.05 * i for i in range(8)],
-                  latents_std=[1.0 + 0.1 * i for i in range(8)])
-IMAGE_TINY = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=4, sample_size=32, shift_factor=0.05)
+WAN21_TINY = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
+              "temperal_downsample": [False, True, True], "latents_mean": [0.1, -0.2, 0.3, 0.0],
+              "latents_std": [1.5, 0.5, 2.0, 1.0]}
+WAN22_TINY = {"base_dim": 8, "decoder_base_dim": 12, "z_dim": 8, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
+              "temperal_downsample": [False, True, True], "is_residual": True, "in_channels": 12,
+              "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16,
+              "latents_mean": [0.05 * i for i in range(8)], "latents_std": [1.0 + 0.1 * i for i in range(8)]}
+IMAGE_TINY = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 2,
+              "up_block_types": ("UpDecoderBlock2D",) * 2, "block_out_channels": (8, 16), "layers_per_block": 1,
+              "latent_channels": 4, "norm_num_groups": 4, "sample_size": 32, "shift_factor": 0.05}
 
 
 def tiny_wan(config: dict = WAN21_TINY, seed: int = 0) -> torch.nn.Module:
@@ -36,7 +36,10 @@ def make_frame_local(model: torch.nn.Module) -> torch.nn.Module:
     the first, cache-free, chunk), and the mid-block attention's output projection is zeroed (so the
     residual attention block is the identity and the encoder is spatially local).
     """
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanCausalConv3d
+    from diffusers.models.autoencoders.autoencoder_kl_wan import (
+        WanAttentionBlock,
+        WanCausalConv3d,
+    )
 
     with torch.no_grad():
         for module in model.encoder.modules():

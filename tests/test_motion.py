@@ -7,8 +7,14 @@ import pytest
 
 from motiondata.encode.motion import MotionStage, motion_latents
 from motiondata.encode.vae import VaeStage
-from tests.factories_encode import (WAN21_TINY, make_episode, make_item, moving_object_clip, random_frames,
-                                    save_tiny_wan)
+from tests.factories_encode import (
+    WAN21_TINY,
+    make_episode,
+    make_item,
+    moving_object_clip,
+    random_frames,
+    save_tiny_wan,
+)
 
 SIZE, FRAMES = 256, 13  # 32x32 latents, 4 latent frames
 BOX, START, STEP = 12, 4, 4  # object pixels 4..64 -> latent rows/cols 0..8

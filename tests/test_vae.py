@@ -11,8 +11,15 @@ import torch
 
 from motiondata.encode.base import Encoder, batches, resolve_device, resolve_dtype
 from motiondata.encode.vae import VaeStage, load_video_vae, trim_4n1
-from tests.factories_encode import (WAN21_TINY, WAN22_TINY, make_episode, make_item, random_frames,
-                                    save_tiny_image_vae, save_tiny_wan)
+from tests.factories_encode import (
+    WAN21_TINY,
+    WAN22_TINY,
+    make_episode,
+    make_item,
+    random_frames,
+    save_tiny_image_vae,
+    save_tiny_wan,
+)
 
 DEMO = Path(__file__).resolve().parents[1] / "tokenizers" / "vae" / "demo-wan"
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from motiondata.encode.base import EncoderMixin, inference_mode, model_cache, resolve_device, resolve_dtype
+from motiondata.encode.base import (
+    EncoderMixin,
+    inference_mode,
+    model_cache,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,4 +127,4 @@ def clear_text_cache() -> None:
     _load_text_model.cache_clear()
 
 
-__all__ = ["TextStage", "resolve_text_model", "clear_text_cache"]
+__all__ = ["TextStage", "clear_text_cache", "resolve_text_model"]

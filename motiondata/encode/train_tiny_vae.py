@@ -32,8 +32,8 @@ from motiondata.encode.vae import VideoVae, resize_frames
 
 log = logging.getLogger("motiondata.train_tiny_vae")
 
-DEMO_CONFIG = dict(base_dim=12, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
-                   temperal_downsample=[False, True, True], dropout=0.0)
+DEMO_CONFIG = {"base_dim": 12, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [],
+               "temperal_downsample": [False, True, True], "dropout": 0.0}
 CLIP = 17  # 1 + 4*4 frames, the stage's window: the causal caches drift on lengths never seen in training
 
 

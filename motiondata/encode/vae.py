@@ -13,16 +13,23 @@ when the config has none), i.e. exactly what Stable-Diffusion-style pipelines fe
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from motiondata.encode.base import EncoderMixin, inference_mode, model_cache, prepare_module
-from motiondata.encode.base import resolve_device, resolve_dtype
+from motiondata.encode.base import (
+    EncoderMixin,
+    inference_mode,
+    model_cache,
+    prepare_module,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ def _load_model(source: str, kind: str, subfolder: str | None, device: str, dtyp
 
 
 def load_video_vae(path_or_hub_id: str, kind: str = "wan", device: str = "auto", dtype: str = "fp32",
-                   subfolder: str | None = None) -> "VideoVae":
+                   subfolder: str | None = None) -> VideoVae:
     """Load (once per process) a diffusers VAE from a local directory or a hub id and wrap it.
 
     ``kind="wan"``: ``AutoencoderKLWan`` (Wan 2.1 and Wan 2.2 configs); ``kind="image"``: ``AutoencoderKL``
