@@ -226,7 +226,11 @@ def readers(f: Any, videos: dict, windows: list, cams: list[str], store: Path,
         "loader_2": lambda: sum(len(b["__key__"]) for b in loaders[2]),
     }
     try:
-        ds = WindowDataset(store, fields=fields)
+        from motiondata.store.episodes_zarr import list_episodes
+
+        # the windows the source readers produce: the sim episodes (the demo's video clips have no actions)
+        sim = [e for e in list_episodes(store) if not e.startswith("web_")]
+        ds = WindowDataset(store, fields=fields, episodes=sim)
         steps["zarr"] = lambda: sum(1 for i in range(len(ds)) if ds[i])
     except Exception as exc:  # a store built without episodes.zarr
         log.info("random access skipped: %s", exc)
