@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from motiondata.encode.keyframes import (ChunkStarts, FixedStride, KeyframeStage, MotionAdaptive, make_policy,
                                         motion_energy, save_pngs)
@@ -13,12 +12,7 @@ from motiondata.pipeline.stage import Window, plan_windows
 from tests.factories_vqgan import moving_square_frames, tiny_episode, write_taming_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
