@@ -15,8 +15,11 @@ export PYOPENGL_PLATFORM ?= osmesa
 setup: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
-	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! ldconfig -p | grep -q libOSMesa \
-		&& (apt-get update -qq && apt-get install -y -qq libosmesa6 >/dev/null) || true
+	@# System packages when root with apt: OSMesa (MuJoCo renders headless), the ffmpeg CLI (reference decodes
+	@# in the video tests) and Chromium (the viewer's browser test). Each is optional: tests skip with a reason.
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& { ldconfig -p | grep -q libOSMesa && command -v ffmpeg >/dev/null && command -v chromium >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq libosmesa6 ffmpeg chromium >/dev/null); } || true
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(PIP) -r requirements.txt

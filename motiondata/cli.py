@@ -1,16 +1,39 @@
-"""``motiondata`` command line: build, validate, inspect, fit-fast, train."""
+"""``motiondata`` command line: build, validate, inspect, fit-fast, train.
+
+Every error is one line on stderr naming the problem and the fix (``-v`` adds the traceback); with
+``--json`` (build, validate) the result, success or failure, is one JSON object on stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import logging
 import os
 import sys
+import traceback
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-console = Console(stderr=False)
+from motiondata.errors import EpisodeValidationError, MotionDataError, SourceError, StoreError
+from motiondata.usage import (EXIT_DATA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, OneLineArgumentParser, UsageError,
+                              one_line)
+
+console = Console(stderr=False, soft_wrap=True)
+log = logging.getLogger("motiondata.cli")
+VERBOSE_FLAGS = ("-v", "--verbose")
+EXIT_CODES = """exit codes:
+  0    ok
+  1    data problem: the store is incomplete, shards failed, nothing could be stored, validate found problems
+  2    usage: bad arguments, a bad spec, a missing input, an --out that is not a store folder or is locked
+  130  interrupted (Ctrl-C): rerun the same command to resume
+"""
+# build flags passed to run_job as keyword arguments when the runner accepts them
+RUN_FLAGS = (("retry_errors", "--retry-errors"), ("verify", "--verify"), ("rebuild_changed", "--rebuild-changed"))
 
 
 def _setup_env() -> None:
@@ -20,47 +43,161 @@ def _setup_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from motiondata.pipeline.runner import run_job
+def _emit_json(document: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(document, sort_keys=True, default=str) + "\n")
+
+
+def fail(message: object, code: int, as_json: bool = False) -> int:
+    """Report a failure as one line on stderr (or a JSON object on stdout) and return its exit code."""
+    text = one_line(message)
+    if as_json:
+        _emit_json({"ok": False, "error": text, "exit_code": code})
+    else:
+        sys.stderr.write(f"error: {text}\n")
+    return code
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """1 for data problems (a store, an input), 2 for everything the user fixes in the command or spec."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    return EXIT_DATA if isinstance(exc, (StoreError, SourceError, EpisodeValidationError)) else EXIT_USAGE
+
+
+def _input_spec(args: argparse.Namespace):
+    from motiondata.pipeline.preflight import is_remote
     from motiondata.pipeline.spec import load_spec, with_input
 
     spec = load_spec(args.spec)
     if args.input:
+        if not is_remote(args.input) and not Path(args.input).exists():
+            raise UsageError(f"--input {args.input} does not exist; pass an existing file or folder")
         spec = with_input(spec, args.input)
-    out = args.out or spec.output or f"out/{spec.name}"
-    result = run_job(spec, out, ray_address=args.ray_address, executor=args.executor,
-                     show_progress=not args.quiet)
+    return spec
+
+
+def _run_options(args: argparse.Namespace, run_job: Any) -> dict[str, Any]:
+    accepted = inspect.signature(run_job).parameters
+    options = {}
+    for name, flag in RUN_FLAGS:
+        if getattr(args, name, False):
+            if name not in accepted:
+                raise UsageError(f"{flag} is not supported by this version's runner; drop it")
+            options[name] = True
+    return options
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from motiondata.pipeline import preflight
+    from motiondata.pipeline.runner import run_job
+    from motiondata.store.lock import OutLock
+
+    spec = _input_spec(args)
+    out = Path(args.out or spec.output or f"out/{spec.name}")
+    preflight.check_sources(spec)
+    preflight.check_frames(spec)
+    preflight.check_stages(spec)
+    preflight.check_out(out, spec)
+    options = _run_options(args, run_job)
+    # with --json, stdout carries the one JSON object only: anything else printed meanwhile goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        preflight.load_stage_models(spec, device="cpu" if args.executor == "ray" else None)
+        with OutLock(out):
+            try:
+                result = run_job(spec, out, ray_address=args.ray_address, executor=args.executor,
+                                 show_progress=not (args.quiet or args.json), **options)
+            except ConnectionError as exc:
+                if not args.ray_address:
+                    raise
+                raise UsageError(f"no Ray cluster at {args.ray_address}; start one with `ray start --head` or "
+                                 "drop --ray-address") from exc
+    return _report_build(result, args)
+
+
+def build_summary(result: Any) -> dict[str, Any]:
+    """The outcome of a build as plain JSON, with the exit code it deserves."""
+    problem = getattr(result, "problem", None)
+    complete = bool(getattr(result, "complete", True))
+    if not problem and not result.num_episodes:
+        problem = (f"nothing was stored ({result.num_errors} input(s) rejected); see {result.out / 'errors.jsonl'} "
+                   "for why, fix the inputs or the spec and rerun")
+    error = problem or (f"{len(result.failed)} shard(s) failed, first {result.failed[0]}; rerun the same "
+                        "command to retry" if result.failed else None)
+    if not error and not complete:
+        error = "the store is incomplete; rerun the same command to finish it"
+    code = EXIT_DATA if error else EXIT_OK
+    summary = {"ok": code == EXIT_OK, "exit_code": code, "out": str(result.out), "complete": complete,
+               "shards_total": result.shards_total, "shards_built": result.shards_built,
+               "shards_skipped": result.shards_skipped, "failed": list(result.failed),
+               "num_episodes": result.num_episodes, "num_samples": result.num_samples,
+               "num_errors": result.num_errors, "problem": problem, "advice": getattr(result, "advice", None)}
+    if error:
+        summary["error"] = one_line(error)
+    return summary
+
+
+def _report_build(result: Any, args: argparse.Namespace) -> int:
+    summary = build_summary(result)
+    if args.json:
+        _emit_json(summary)
+        return summary["exit_code"]
     console.print(f"[bold]built[/bold] {result.shards_built} shards, skipped {result.shards_skipped} already done "
                   f"({result.shards_total} planned)")
-    console.print(f"  episodes {result.num_episodes}, samples {result.num_samples}, rejected inputs {result.num_errors}")
-    console.print(f"  shards      {result.out / 'shards'}")
-    console.print(f"  zarr store  {result.out / 'episodes.zarr'}")
-    console.print(f"  manifest    {result.out / 'manifest.json'}")
-    console.print(f"  stats       {result.out / 'stats.json'}")
-    console.print(f"  errors      {result.out / 'errors.jsonl'}")
-    console.print(f"  report      {result.out / 'report.md'}")
+    console.print(f"  episodes {result.num_episodes}, samples {result.num_samples}, "
+                  f"rejected inputs {result.num_errors}")
+    for label, name in (("shards", "shards"), ("zarr store", "episodes.zarr"), ("manifest", "manifest.json"),
+                        ("stats", "stats.json"), ("errors", "errors.jsonl"), ("report", "report.md")):
+        console.print(f"  {label:11s} {result.out / name}", markup=False, highlight=False)
     for failure in result.failed:
-        console.print(f"[red]failed[/red] {failure} (rerun the same command to retry)")
-    return 1 if result.failed else 0
+        console.print(f"[red]failed[/red] {failure}", highlight=False)
+    if result.num_errors and not summary.get("error"):
+        advice = summary["advice"] or (f"{result.num_errors} rejected input(s) listed in errors.jsonl; "
+                                       "fix them and rerun")
+        console.print(advice, markup=False, highlight=False)
+    if summary.get("error"):
+        fail(summary["error"], summary["exit_code"])
+    return summary["exit_code"]
+
+
+def _validate_report(directory: str, deep: bool) -> dict[str, Any]:
+    from motiondata.store import validate
+
+    if hasattr(validate, "validate_store_report"):
+        return validate.validate_store_report(directory, deep=deep)
+    problems = validate.validate_store(directory, deep=deep)
+    return {"ok": not problems, "deep": deep, "problems": problems, "skipped": []}
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from motiondata.store.validate import validate_store
-
-    problems = validate_store(args.dir, deep=not args.quick)
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
+    report = _validate_report(args.dir, deep=not args.quick)
+    problems = [str(p) for p in report["problems"]]
+    code = EXIT_DATA if problems else EXIT_OK
+    if args.json:
+        extra = {"error": f"{len(problems)} problem(s) in {args.dir}"} if problems else {}
+        _emit_json({**report, "problems": problems, "dir": str(args.dir), "exit_code": code, "ok": not problems,
+                    **extra})
+        return code
     for problem in problems:
-        console.print(f"[red]problem[/red] {problem}", highlight=False)
+        sys.stdout.write(f"problem {one_line(problem)}\n")
+    for skipped in report.get("skipped") or []:
+        sys.stdout.write(f"skipped {skipped}\n")
     if problems:
-        console.print(f"{len(problems)} problem(s) in {args.dir}")
-        return 1
-    console.print(f"[green]ok[/green] {args.dir}: manifests, checksums, counts, shards and schemas all valid")
-    return 0
+        return fail(f"{len(problems)} problem(s) in {args.dir}; see the lines above, rebuild the named shards "
+                    "(`motiondata build ... --verify`) or delete the store and build it again", code)
+    console.print(f"[green]ok[/green] {args.dir}: manifests, checksums, counts, shards and schemas all valid",
+                  highlight=False)
+    return code
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from motiondata.inspect.report import render_report
     from motiondata.inspect.summary import summarize
 
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
     summary = summarize(args.dir, episode=args.episode)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
@@ -77,9 +214,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_fit_fast(args: argparse.Namespace) -> int:
     from motiondata.tokenize.fit_report import fit_fast_cli, format_report
 
+    if "://" not in args.target and not Path(args.target).exists():
+        raise UsageError(f"{args.target} does not exist; pass a store folder, an HDF5 file or a folder of them")
     report = fit_fast_cli(args.target, args.out, scale=args.scale, vocab_size=args.vocab_size, horizon=args.horizon)
     console.print(format_report(report), markup=False, highlight=False)
     console.print(f"saved tokenizer to {args.out}")
+    return 0
+
+
+def cmd_reshard(args: argparse.Namespace) -> int:
+    from motiondata.pipeline.reshard import reshard
+
+    if not Path(args.store).is_dir():
+        raise UsageError(f"{args.store} is not a folder; pass the --out folder of a `motiondata build`")
+    job = reshard(args.store, args.recipe, args.out)
+    console.print(f"resharded {args.store} -> {args.out}: {job['num_samples']} samples in {len(job['shards'])} "
+                  "shards (episode tables shared, nothing re-encoded)", markup=False)
     return 0
 
 
@@ -89,11 +239,10 @@ def cmd_train(rest: list[str]) -> int:
     return int(train_main(rest) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="motiondata", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build shards + zarr store from a YAML spec (resumable)")
+def _add_build(sub: Any, common: argparse.ArgumentParser) -> None:
+    b = sub.add_parser("build", parents=[common], epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="build shards + zarr store from a YAML spec (resumable)")
     b.add_argument("spec")
     b.add_argument("--input", help="replace the path of the spec's single source")
     b.add_argument("--out", help="output directory (default: spec `output:` or out/NAME)")
@@ -101,44 +250,94 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="`local` builds shards in this process, without Ray")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="print the result (or the error) as one JSON object")
+    b.add_argument("--retry-errors", action="store_true", help="rebuild the shards that hold error records")
+    b.add_argument("--verify", action="store_true", help="rebuild finished shards whose sha256 no longer matches")
+    b.add_argument("--rebuild-changed", action="store_true",
+                   help="rebuild the shards whose inputs changed instead of refusing")
     b.set_defaults(func=cmd_build)
-    v = sub.add_parser("validate", help="check a store: schemas, checksums, counts, readable shards")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = OneLineArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    parser = OneLineArgumentParser(prog="motiondata", description=__doc__, epilog=EXIT_CODES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_build(sub, common)
+    v = sub.add_parser("validate", parents=[common], epilog=EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="check a store: schemas, checksums, counts, readable shards")
     v.add_argument("dir")
     v.add_argument("--quick", action="store_true", help="skip decoding every member")
+    v.add_argument("--json", action="store_true", help="print the report as one JSON object")
     v.set_defaults(func=cmd_validate)
-    i = sub.add_parser("inspect", help="episodes, windows, fields, stats and errors of a store")
+    i = sub.add_parser("inspect", parents=[common], help="episodes, windows, fields, stats and errors of a store")
     i.add_argument("dir")
     i.add_argument("--episode")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
-    f = sub.add_parser("fit-fast", help="fit a FAST action tokenizer on a store or a source")
+    f = sub.add_parser("fit-fast", parents=[common], help="fit a FAST action tokenizer on a store or a source")
     f.add_argument("target", help="a store directory, or an HDF5 file / folder")
     f.add_argument("--out", required=True)
     f.add_argument("--scale", type=float, default=10.0)
     f.add_argument("--vocab-size", type=int, default=1024)
     f.add_argument("--horizon", type=int, default=10)
     f.set_defaults(func=cmd_fit_fast)
+    r = sub.add_parser("reshard", parents=[common], help="re-cut a recipe store with another sample recipe "
+                       "(no re-encoding)")
+    r.add_argument("store", help="a store built from a spec with `samples:`")
+    r.add_argument("--recipe", required=True, help="a spec YAML (its `samples:` block) or a bare samples YAML")
+    r.add_argument("--out", required=True, help="a new, empty folder")
+    r.set_defaults(func=cmd_reshard)
     sub.add_parser("train", help="train the slim latent-motion model on a store (see `motiondata train -h`)",
                    add_help=False)
     return parser
 
 
+def _dispatch(argv: list[str]) -> int:
+    rest = list(argv)
+    while rest and rest[0] in VERBOSE_FLAGS:
+        rest.pop(0)
+    if rest and rest[0] == "train":
+        return cmd_train([a for a in rest[1:] if a not in VERBOSE_FLAGS])
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # library warnings go through logging: hidden unless -v
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     _setup_env()
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "-v" in argv or "--verbose" in argv
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] == "train":
-        return cmd_train(argv[1:])
-    args = build_parser().parse_args(argv)
-    from motiondata.errors import MotionDataError
-
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    as_json = "--json" in argv
+    _setup_logging(verbose)
     try:
-        return args.func(args)
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        message = "interrupted; rerun the same command to resume"
+        if as_json:
+            return fail(message, EXIT_INTERRUPTED, True)
+        sys.stderr.write(message + "\n")
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # -h, and `train`'s own one-line argument errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     except MotionDataError as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False)
-        return 2
+        if verbose:
+            traceback.print_exc()
+        return fail(exc, exit_code_of(exc), as_json)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        return fail(f"internal error: {type(exc).__name__}: {one_line(exc)}; rerun with -v for the traceback and "
+                    "report it", EXIT_DATA, as_json)
 
 
 if __name__ == "__main__":

@@ -142,10 +142,15 @@ def test_occluder_drags_are_caught_by_edge_radius():
     scene = textured_plane(frames=10, size=64, shift=(0.0, 0.0), tilt=(0.01, 0.01))
     depth = scene.depth.copy()
     depth[:, :, 30:] -= 0.5
-    res = compute_flow(scene.frames, [0], depth, steps=4, grid=8, occlusion_radius=4)
+    res = compute_flow(scene.frames, [0], depth, steps=4, grid=8, occlusion_radius=4, static="off")
     x = grid_points(64, 64, 8)[:, 0]
-    assert not res.position_valid[0][(x > 25) & (x < 29)].any()      # behind the edge, within 4 px
+    behind = (x > 25) & (x < 29)
+    assert not res.position_valid[0][behind].any()      # behind the edge, within 4 px
     assert res.position_valid[0][(x < 24) | (x > 30)].all()
+    # nothing in the scene changes, so the static rule (default) keeps those points, as static (code 2)
+    res = compute_flow(scene.frames, [0], depth, steps=4, grid=8, occlusion_radius=4)
+    assert (res.valid_code[0][behind] == 2).all() and (res.tracks[0][behind] == 0).all()
+    assert (res.valid_code[0][(x < 24) | (x > 30)] == 1).all()
 
 
 def test_normalize_bounds():
@@ -240,7 +245,7 @@ def test_monocular_depth_from_local_dir_and_stage(tmp_path):
     depth = MonocularDepth(path, device="cpu").estimate(episode.rgb["front"])
     assert depth.shape == (12, 32, 32) and depth.dtype == np.float32 and np.isfinite(depth).all()
     item = FlowStage(steps=4, grid=4, depth_model=path, device="cpu")(flow_item(episode, window=4, stride=4))
-    assert {s["flow.depth_source"] for s in item["samples"]} == {"model"}
+    assert {s["flow.depth_source"] for s in item["samples"]} == {"model:relative"}   # DPT predicts disparity
     with pytest.raises(FileNotFoundError, match="depth_model"):
         MonocularDepth(str(tmp_path / "missing")).estimate(episode.rgb["front"])
 

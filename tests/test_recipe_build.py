@@ -132,3 +132,16 @@ def test_rebuild_gives_identical_shards(built, tmp_path):
     for i in range(2):
         name = f"shard-{i:06d}.tar"
         assert (out / "shards" / name).read_bytes() == (tmp_path / "again" / "shards" / name).read_bytes()
+
+
+def test_reshard_refuses_and_leaves_nothing_behind(built, tmp_path):
+    from motiondata.errors import MotionDataError, SpecError
+
+    _, out, _ = built
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(MotionDataError, match="not empty"):
+        reshard(out, {"fields": {"a": {"from": "actions"}}}, tmp_path / "busy")
+    with pytest.raises(SpecError, match="add the stage"):
+        reshard(out, {"fields": {"m": {"from": "motion_tokens.codes"}}}, tmp_path / "new")
+    assert not (tmp_path / "new").exists()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from motiondata.encode.flow_static import StaticRule, check_mode, prefer_static, static_validity, validity_code
 from motiondata.encode.flow_trackers import LucasKanadeTracker, Tracker
 
 LAMP_BOUNDS = ((-0.05, -0.05, -0.04), (0.05, 0.05, 0.04))
@@ -30,14 +31,17 @@ LAMP_BOUNDS = ((-0.05, -0.05, -0.04), (0.05, 0.05, 0.04))
 
 @dataclass
 class FlowResult:
-    """``tracks (Q, N, S, 3) float32`` deltas; ``valid (Q, N, S) bool``; ``positions (Q, N, S+1, 3)``
-    absolute ``(u, v, d)`` and ``position_valid (Q, N, S+1)``, all zero where invalid."""
+    """``tracks (Q, N, S, 3) float32`` deltas; ``valid (Q, N, S) bool`` (tracked or static-inferred);
+    ``positions (Q, N, S+1, 3)`` absolute ``(u, v, d)`` and ``position_valid (Q, N, S+1)``, all zero where
+    invalid; ``valid_code`` says how each valid delta was obtained (store it as ``flow.valid``)."""
 
     tracks: np.ndarray
     valid: np.ndarray
     positions: np.ndarray
     position_valid: np.ndarray
     query_frames: np.ndarray
+    valid_code: np.ndarray  # (Q, N, S) uint8: 0 invalid, 1 tracked, 2 static-inferred (``flow_static``)
+    clipped: int = 0  # entries that ``normalize`` clipped to +-1
 
 
 def grid_points(height: int, width: int, grid: int = 20) -> np.ndarray:
@@ -135,15 +139,17 @@ def track_validity(xy: np.ndarray, ok: np.ndarray, d: np.ndarray | None, d_ok: n
     return np.logical_and.accumulate(valid, axis=-1)
 
 
-def resample_equal_path(pos: np.ndarray, valid: np.ndarray, step: float,
-                        steps: int) -> tuple[np.ndarray, np.ndarray]:
+def resample_equal_path(pos: np.ndarray, valid: np.ndarray, step: float, steps: int,
+                        moving: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample one query frame's tracks ``pos (N, K+1, 3)`` in time so that consecutive samples are
     ``step`` apart in scene path length (normalised image units). Scene motion per raw step is the
     95th percentile over valid points of ``|d(u, v)|``; all points share the time warp, so the grid stays
-    simultaneous. Returns ``(N, steps+1, 3)`` and validity; samples past the path's end are invalid."""
+    simultaneous. ``moving (N,)``: the points that take part in the 95th percentile (static-inferred
+    points are left out, so a mostly-static grid does not slow the clock). Returns ``(N, steps+1, 3)``
+    and validity; samples past the path's end are invalid."""
     n, k1, _ = pos.shape
     disp = np.linalg.norm(np.diff(pos[..., :2], axis=1), axis=-1)
-    live = valid[:, 1:]
+    live = valid[:, 1:] if moving is None else valid[:, 1:] & np.asarray(moving, bool)[:, None]
     motion = np.array([np.percentile(disp[live[:, s], s], 95) if live[:, s].any() else 0.0
                        for s in range(k1 - 1)])
     path = np.concatenate([[0.0], np.cumsum(motion)])
@@ -180,6 +186,13 @@ def normalize_tracks(tracks: np.ndarray, valid: np.ndarray,
     return np.where(valid[..., None], out, 0.0).astype(np.float32)
 
 
+def count_clipped(tracks: np.ndarray, valid: np.ndarray, bounds: Sequence[Sequence[float]] = LAMP_BOUNDS) -> int:
+    """Valid ``(du, dv, dd)`` components outside ``bounds`` (what ``normalize_tracks`` saturates at +-1)."""
+    lo, hi = (np.asarray(b, dtype=np.float32) for b in bounds)
+    outside = (tracks < lo) | (tracks > hi)
+    return int((outside & np.asarray(valid, bool)[..., None]).sum())
+
+
 def _positions(xy: np.ndarray, d: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     dd = d if d is not None else np.zeros(xy.shape[:-1], np.float32)
@@ -190,32 +203,53 @@ def compute_flow(frames: np.ndarray, query_frames: Sequence[int], depth: np.ndar
                  steps: int = 32, grid: int = 20, tracker: Tracker | None = None, margin: float = 1.0,
                  occlusion_threshold: float = 0.03, occlusion_radius: int = 4, horizon: int | None = None,
                  resample_path: float | None = None, normalize: bool = False,
-                 bounds: Sequence[Sequence[float]] = LAMP_BOUNDS) -> FlowResult:
+                 bounds: Sequence[Sequence[float]] = LAMP_BOUNDS, static: str = "infer",
+                 static_threshold: float | None = 6.0, static_depth_tol: float = 0.01,
+                 static_radius: int = 4) -> FlowResult:
     """Scene flow of ``frames (T, H, W, 3) uint8`` for every query frame. ``depth (T, H, W)`` (0/NaN
     invalid) or ``None`` (depth channel 0, not required for validity). ``horizon``: frames tracked
-    (default ``steps``; longer horizons make sense with ``resample_path``)."""
+    (default ``steps``; longer horizons make sense with ``resample_path``). ``static="infer"`` (with
+    depth) makes unchanged, depth-steady points valid with zero motion (code 2, see ``flow_static``)."""
     q = np.asarray(query_frames, dtype=np.int64).reshape(-1)
     shape = frames.shape[1:3]
     horizon = steps if horizon is None else int(horizon)
     if resample_path is None and horizon != steps:
         raise ValueError(f"horizon ({horizon}) must equal steps ({steps}) unless resample_path is set")
+    check_mode(static)
+    rule = StaticRule(static_threshold, static_depth_tol, static_radius)
     tracker = tracker or LucasKanadeTracker()
-    res = tracker.track(frames, q, grid_points(*shape, grid), horizon)
-    d = d_ok = front = None
+    points = grid_points(*shape, grid)
+    res = tracker.track(frames, q, points, horizon)
+    xy, d, d_ok, front = res.xy, None, None, None
     if depth is not None:
-        d, d_ok, front = point_depth(depth, q, res.xy, occlusion_threshold, occlusion_radius)
-    valid = track_validity(res.xy, res.ok, d, d_ok, front, shape, margin, occlusion_threshold)
-    pos = _positions(res.xy, d, shape)
+        d, d_ok, front = point_depth(depth, q, xy, occlusion_threshold, occlusion_radius)
+    valid = track_validity(xy, res.ok, d, d_ok, front, shape, margin, occlusion_threshold)
+    use_static = np.zeros(valid.shape[:2], bool)
+    if static == "infer" and depth is not None and len(q):
+        s_ok, s_d = static_validity(frames, depth, q, points, horizon, rule)
+        use_static = prefer_static(valid, s_ok, xy, points)
+        pick = use_static[..., None]
+        valid, d = np.where(pick, s_ok, valid), np.where(pick, s_d, d)
+        xy = np.where(pick[..., None], np.broadcast_to(points[None, :, None], xy.shape), xy)
+    return _finish(_positions(xy, d, shape), valid, use_static, q, steps, resample_path, normalize, bounds)
+
+
+def _finish(pos: np.ndarray, valid: np.ndarray, use_static: np.ndarray, q: np.ndarray, steps: int,
+            resample_path: float | None, normalize: bool, bounds: Sequence[Sequence[float]]) -> FlowResult:
+    """Resample (time warp from tracked points only), zero invalid entries, take deltas, normalise."""
     if resample_path is not None:
-        pairs = [resample_equal_path(pos[i], valid[i], resample_path, steps) for i in range(len(q))]
+        pairs = [resample_equal_path(pos[i], valid[i], resample_path, steps, moving=~use_static[i])
+                 for i in range(len(q))]
         pos = np.stack([p for p, _ in pairs]) if pairs else pos[:, :, : steps + 1]
         valid = np.stack([v for _, v in pairs]) if pairs else valid[:, :, : steps + 1]
     pos = np.where(valid[..., None], pos, 0.0).astype(np.float32)
     delta_valid = valid[..., 1:]
     tracks = np.where(delta_valid[..., None], pos[..., 1:, :] - pos[..., :-1, :], 0.0).astype(np.float32)
+    clipped = 0
     if normalize:
+        clipped = count_clipped(tracks, delta_valid, bounds)
         tracks = normalize_tracks(tracks, delta_valid, bounds)
-    return FlowResult(tracks, delta_valid, pos, valid, q)
+    return FlowResult(tracks, delta_valid, pos, valid, q, validity_code(delta_valid, use_static), clipped)
 
 
 def has_motion(tracks: np.ndarray, valid: np.ndarray, threshold: float = 0.01) -> bool:

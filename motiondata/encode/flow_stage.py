@@ -23,6 +23,7 @@ from motiondata.encode.flow import LAMP_BOUNDS, compute_flow
 from motiondata.encode.flow_depth import select_depth
 from motiondata.encode.flow_trackers import make_tracker
 from motiondata.pipeline.stage import config_hash_of
+from motiondata.pipeline.tables import Table, needed_frames
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class FlowStage:
     occlusion_threshold: float = 0.03
     occlusion_radius: int = 4
     name: str = "flow"
+    prefix: str | None = None  # `as:`: output names <prefix>.tracks / .valid (default flow)
+    query_stride: int | None = None  # recipe mode: a query every N frames (default: where the recipe reads)
 
     def __post_init__(self) -> None:
         for key in ("steps", "grid"):
@@ -81,6 +84,35 @@ class FlowStage:
             return self.camera
         with_depth = [c for c in episode.cameras if c in episode.depth]
         return with_depth[0] if with_depth else episode.cameras[0]
+
+    def _flow(self, episode: Any, queries: list[int]):
+        camera = self.pick_camera(episode)
+        frames = episode.rgb[camera]
+        provider = select_depth(self.depth, camera in episode.depth, self.depth_model, self.device)
+        depth = provider.estimate(frames, episode.depth.get(camera))
+        tracker = make_tracker(self.tracker, fb_threshold=self.fb_threshold, **dict(self.tracker_options or {}))
+        result = compute_flow(frames, queries, depth, steps=self.steps, grid=self.grid, tracker=tracker,
+                              margin=self.margin, occlusion_threshold=self.occlusion_threshold,
+                              occlusion_radius=self.occlusion_radius, horizon=self.horizon,
+                              resample_path=self.resample_path, normalize=self.normalize, bounds=self.bounds)
+        return result, provider.source
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: ``<as>.tracks`` (query axis, rows ``(G*G, S, 3)`` float16) and ``<as>.valid``
+        (rows ``(G*G, S)`` uint8) at the query frames the recipe reads (or every ``query_stride``)."""
+        episode, prefix = item["episode"], self.prefix or "flow"
+        queries = sorted(set(needed_frames(item, f"{prefix}.tracks", self.query_stride)) |
+                         set(needed_frames(item, f"{prefix}.valid", self.query_stride)))
+        points = self.grid * self.grid
+        if queries:
+            result, source = self._flow(episode, queries)
+            tracks, valid = result.tracks.astype(np.float16), result.valid.astype(np.uint8)
+        else:
+            tracks, valid = np.zeros((0, points, self.steps, 3), np.float16), np.zeros((0, points, self.steps), np.uint8)
+        frames = np.asarray(queries, dtype=np.int64)
+        item["tables"][f"{prefix}.tracks"] = Table(tracks, frames, "query")
+        item["tables"][f"{prefix}.valid"] = Table(valid, frames, "query")
+        return item
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         episode, windows, samples = item["episode"], item["windows"], item["samples"]

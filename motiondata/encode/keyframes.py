@@ -33,6 +33,7 @@ import numpy as np
 from motiondata.encode.base import EncoderMixin
 from motiondata.encode.vqgan import cached_vqgan_codec
 from motiondata.pipeline.stage import Window, config_hash_of
+from motiondata.pipeline.tables import Table, needed_frames
 from motiondata.store.layout import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class KeyframeStage(EncoderMixin):
     span: int | None = None
     batch_size: int | None = None
     backend: str = "taming"
+    prefix: str | None = None  # `as:`: output names <prefix>.codes (default keyframes)
 
     def __post_init__(self) -> None:
         self.selection_policy()  # fail at construction on a bad policy/chunk/count
@@ -212,6 +214,24 @@ class KeyframeStage(EncoderMixin):
     def decode_to_images(self, codes: np.ndarray) -> np.ndarray:
         """Codes ``(K, h, w)`` -> frames ``(K, H, W, 3) uint8`` at the model's input size (for inspection)."""
         return self.codec().decode(codes)
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: ``<as>.codes`` (keyframe axis, rows ``(h, w)`` int32) at the frames the recipe
+        reads (or every ``stride`` frames with ``policy: fixed_stride``; the policy's picks over the whole
+        episode otherwise). Each frame is encoded once."""
+        episode, prefix = item["episode"], self.prefix or "keyframes"
+        frames = episode.rgb[self.pick_camera(episode)]
+        name = f"{prefix}.codes"
+        if name in item.get("needs", {}) or self.policy == "fixed_stride":
+            picks = needed_frames(item, name, self.stride if self.policy == "fixed_stride" else None)
+        else:
+            policy = self.selection_policy()
+            whole = Window(0, 0, episode.length)
+            picks = sorted({int(i) for i in policy.select(whole, episode.length,
+                                                          frames if policy.needs_frames else None)})
+        codes = self.encode(frames[picks]).astype(np.int32) if picks else np.zeros((0, 1, 1), np.int32)
+        item["tables"][name] = Table(codes, np.asarray(picks, dtype=np.int64), "keyframe")
+        return item
 
     def pick_camera(self, episode: Any) -> str:
         cam = self.camera or episode.cameras[0]

@@ -22,6 +22,7 @@ import torch
 
 from motiondata.encode.base import EncoderMixin
 from motiondata.encode.vae import F32_KEY, LATENT_FIELD
+from motiondata.pipeline.tables import Table
 
 MOTION_FIELDS = ("pool_h", "pool_w", "zm")
 
@@ -56,6 +57,39 @@ class MotionStage(EncoderMixin):
 
     difference: bool = True
     name: str = "motion"
+    prefix: str | None = None  # `as:`: output names <prefix>.pool_h ... (default motion)
+    source: str = "vae"  # recipe mode: the latent tables to read, <source>.latents*
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: per latent step (``scope: episode`` latents: rows ``(C, W')``, ``(C, H')``,
+        ``(C, W'+H')`` at the later latent's frame) or per clip (rows ``(C, T'-1, ...)``)."""
+        tables, f32 = item["tables"], item.get("f32", {})
+        sources = [n for n in sorted(tables) if n == self.source + ".latents" or
+                   n.startswith(self.source + ".latents.")]
+        if not sources:
+            raise KeyError(f"motion stage: no {self.source}.latents table; list a vae stage (as: {self.source}) "
+                           "before the motion stage")
+        for name in sources:
+            table = tables[name]
+            z = f32.get(name, table.values).astype(np.float32)
+            suffix = name[len(self.source + ".latents"):]
+            for stat, values, frames in self._rows(table, z):
+                tables[f"{self.prefix or 'motion'}.{stat}{suffix}"] = Table(values.astype(np.float16), frames,
+                                                                            table.axis)
+        return item
+
+    def _rows(self, table: Table, z: np.ndarray):
+        if table.axis == "clip":
+            per = [motion_latents(c, self.difference) for c in z]
+            for stat in MOTION_FIELDS:
+                values = np.stack([p[stat] for p in per]) if per else np.zeros((0, 1, 1, 1), np.float32)
+                yield stat, values, table.frames
+            return
+        pooled = motion_latents(z.transpose(1, 0, 2, 3), self.difference) if len(z) > 1 or not self.difference \
+            else {s: np.zeros((z.shape[1], 0, 1), np.float32) for s in MOTION_FIELDS}
+        frames = table.frames[1:] if self.difference else table.frames
+        for stat in MOTION_FIELDS:
+            yield stat, pooled[stat].transpose(1, 0, 2), frames
 
     def encode(self, latents: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         return [motion_latents(z, self.difference) for z in latents]

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from motiondata.pipeline.tables import Table
+
 from motiondata.encode.base import (
     EncoderMixin,
     inference_mode,
@@ -74,6 +76,7 @@ class TextStage(EncoderMixin):
     device: str = "auto"
     dtype: str = "fp32"
     batch_size: int = 64
+    prefix: str | None = None  # `as:`: output names <prefix>.embedding (default text)
 
     def load(self) -> Any:
         return _load_text_model(resolve_text_model(self.model), str(resolve_device(self.device)), self.dtype)
@@ -111,6 +114,15 @@ class TextStage(EncoderMixin):
             raise TypeError(f"text stage: field {self.field!r} of episode {episode.id!r} is "
                             f"{type(value).__name__}, not a string; point `field` at the instruction text")
         return value.strip()
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: ``<as>.embedding`` (1, E) and ``<as>.valid`` (1,), one row for the episode."""
+        prefix = self.prefix or "text"
+        text = self.text_of({}, item["episode"])
+        frames = np.zeros(1, dtype=np.int64)
+        item["tables"][f"{prefix}.embedding"] = Table(self.encode([text]), frames, "episode")
+        item["tables"][f"{prefix}.valid"] = Table(np.array([1 if text else 0], np.uint8), frames, "episode")
+        return item
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         samples = item["samples"]

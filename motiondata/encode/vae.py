@@ -203,6 +203,22 @@ class VaeStage(EncoderMixin):
     kind: str = "wan"
     subfolder: str | None = None
     size: list | None = None
+    prefix: str | None = None  # `as:` in the spec: output names <prefix>.latents (default vae)
+    scope: str = "episode"  # recipe mode: "episode" (one causal encode) or "window" (clips of `clip` frames)
+    clip: int = 17
+    clip_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("episode", "window"):
+            raise ValueError(f"scope {self.scope!r}: use 'episode' (whole episode, causal) or 'window' (clips)")
+        if self.clip < 1:
+            raise ValueError("clip must be >= 1 frames (1 + 4k for the Wan VAE, e.g. 17)")
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: the ``<as>.latents`` episode table (see motiondata.encode.vae_tables)."""
+        from motiondata.encode.vae_tables import vae_tables
+
+        return vae_tables(self, item)
 
     def load(self) -> VideoVae:
         return load_video_vae(self.model, self.kind, self.device, self.dtype, self.subfolder)

@@ -31,11 +31,31 @@ from motiondata.errors import StoreError
 from motiondata.store.episodes_zarr import SHAPES_SUFFIX, field_path, list_episodes, open_episode
 
 
+def _has_tables(store: str | Path, episodes: Sequence[str] | None) -> bool:
+    """Whether the store was built from a sample recipe (its episodes hold tables, not windows)."""
+    names = list(episodes) if episodes is not None else list_episodes(store)
+    if not names:
+        return False
+    return "tables" in dict(open_episode(store, names[0]).attrs)
+
+
 class WindowDataset(Dataset):
-    """Map-style dataset over ``OUT/episodes.zarr`` by (episode, window) or (episode, start, length)."""
+    """Map-style dataset over ``OUT/episodes.zarr`` by (episode, window) or (episode, start, length).
+
+    ``recipe=...`` (a recipe, a ``samples:`` mapping or a spec YAML), or a store built from a recipe with
+    ``window=None``, gives a :class:`~motiondata.loader.recipe_dataset.RecipeDataset` instead: one item per
+    (episode, anchor), the same samples the shards hold."""
+
+    def __new__(cls, store: str | Path, fields: Sequence[str] | None = None, window: int | None = None,
+                stride: int | None = None, episodes: Sequence[str] | None = None, recipe: Any = None):
+        if recipe is not None or (window is None and _has_tables(store, episodes)):
+            from motiondata.loader.recipe_dataset import RecipeDataset
+
+            return RecipeDataset(store, recipe=recipe, episodes=episodes)
+        return super().__new__(cls)
 
     def __init__(self, store: str | Path, fields: Sequence[str] | None = None, window: int | None = None,
-                 stride: int | None = None, episodes: Sequence[str] | None = None):
+                 stride: int | None = None, episodes: Sequence[str] | None = None, recipe: Any = None):
         self.store, self.window = Path(store), window
         self.stride = stride or window
         if window is not None and (window < 1 or self.stride < 1):

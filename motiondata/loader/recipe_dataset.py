@@ -52,7 +52,8 @@ def resolve_recipe(recipe: Recipe | dict | str | Path | None, store: Path, episo
 def _field_of(data: dict[str, Any]):
     from motiondata.pipeline.recipe import FieldRecipe
 
-    return FieldRecipe(data["name"], data["source"], tuple(data["offsets"]), data.get("index", "frames"))
+    return FieldRecipe(data["name"], data["source"], tuple(data["offsets"]), data.get("index", "frames"),
+                       bool(data.get("optional", False)))
 
 
 class RecipeDataset(Dataset):
@@ -75,7 +76,7 @@ class RecipeDataset(Dataset):
         if episode not in self._cache:
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
-            tables, attrs = load_tables(self.store, episode, self.recipe.tables())
+            tables, attrs = load_tables(self.store, episode, self.recipe.tables(), strict=False)
             info = {"id": episode, "source": attrs.get("source", ""), "fps": attrs.get("fps", 0.0),
                     "language": attrs.get("language", ""), "length": attrs.get("length", 0)}
             self._cache[episode] = (tables, info)

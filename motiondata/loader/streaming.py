@@ -8,15 +8,17 @@ epoch, slot) whose order is computed on indices first, so a resumed loader reads
 The DataLoader takes batches from its workers round-robin; state = (epoch, batches consumed), and on
 resume worker w plays slot ``(k + w) mod W``. One DataLoader iterator runs epoch after epoch.
 
-Corrupt data (missing/truncated tar, bad header, undecodable ``.npy``) is reported with shard and key,
-then raises (``on_corrupt="raise"``) or is skipped with a warning and stood in for by another sample of
-the same batch, so batch counts stay equal across ranks.
+Corrupt data (missing/truncated/compressed tar, bad header, refused member names, undecodable or lying
+``.npy`` headers, a sample whose arrays disagree with its batch) is reported with shard and key, then
+raises (``on_corrupt="raise"``) or is skipped with a warning and stood in for by another sample of the
+same batch, so batch counts stay equal across ranks and training never stops on bad data.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -55,7 +57,7 @@ def shuffle_order(n: int, buffer: int, rng: np.random.Generator) -> np.ndarray:
 def slot_runs(shards: Sequence[ShardInfo], order: Sequence[int], start: int, stop: int) -> list[tuple[int, int, int]]:
     """``(shard index, first sample, stop sample)`` runs covering global positions ``start..stop-1`` of the
     concatenation of ``shards`` taken in ``order`` (positions past the end wrap around)."""
-    counts = np.array([shards[i].num_samples for i in order], dtype=np.int64)
+    counts = np.array([shards[i].count for i in order], dtype=np.int64)
     ends, total, runs = np.cumsum(counts), int(counts.sum()), []
     while start < stop:
         g = start % total
@@ -65,6 +67,19 @@ def slot_runs(shards: Sequence[ShardInfo], order: Sequence[int], start: int, sto
         runs.append((int(order[i]), offset, offset + take))
         start += take
     return runs
+
+
+def _odd_samples(chunk: list[dict]) -> set[str]:
+    """Keys of samples with an array field whose (dtype, rank, shape past axis 0) is not the batch's most
+    common one for that field."""
+    signatures: dict[str, Counter] = {}
+    for sample in chunk:
+        for name, value in sample.items():
+            if isinstance(value, np.ndarray):
+                signatures.setdefault(name, Counter())[(value.dtype.str, value.ndim, value.shape[1:])] += 1
+    common = {name: counts.most_common(1)[0][0] for name, counts in signatures.items()}
+    return {str(s["__key__"]) for s in chunk
+            if any(isinstance(v, np.ndarray) and (v.dtype.str, v.ndim, v.shape[1:]) != common[n] for n, v in s.items())}
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -131,6 +146,21 @@ class StreamingDataset(IterableDataset):
             sample = held.pop(target)
             yield self.transform(sample) if sample is not None and self.transform else sample
 
+    def _collate(self, chunk: list[dict]) -> dict:
+        """Collate; under ``on_corrupt="skip"`` a sample whose arrays disagree with the batch's majority
+        (dtype, rank or trailing shape: a crafted or foreign shard) is replaced by a stand-in, not fatal."""
+        try:
+            return self.collate(chunk)
+        except StoreError as err:
+            if self.on_corrupt == "raise":
+                raise
+            odd = _odd_samples(chunk)
+            good = [s for s in chunk if s["__key__"] not in odd]
+            if not odd or not good:
+                raise
+            log.warning("skipping samples whose fields disagree with their batch (%s): %s", err, sorted(odd)[:8])
+            return self.collate([s if s["__key__"] not in odd else good[i % len(good)] for i, s in enumerate(chunk)])
+
     def _batches(self, samples: Iterator[dict | None]) -> Iterator[dict]:
         last_good: list[dict] = []
         while True:
@@ -142,7 +172,7 @@ class StreamingDataset(IterableDataset):
                 raise StoreError("every sample of a batch is corrupt and no earlier batch exists to stand in; "
                                  "Fix: rebuild the store's corrupt shards")
             last_good = good
-            yield self.collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
+            yield self._collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
 
     def __iter__(self) -> Iterator[dict]:
         """Batches of this rank from (epoch, skip_batches) on, epoch after epoch without end: a DataLoader

@@ -14,7 +14,9 @@
 
 For anchor ``t`` and offset ``o`` a field reads its table at frame ``t + o`` (``index: rows``: the row
 ``o`` rows after the anchor's row). Positions outside the episode, or where the table has no row, are
-zero-filled and flagged in ``<field>.pad`` (bool, one per offset; never crossing episodes). Every
+zero-filled and flagged in ``<field>.pad`` (bool, one per offset; never crossing episodes). A field
+marked ``optional: true`` is left out of the samples of episodes that lack its table (a mixed robot +
+video store: videos have no actions); otherwise a missing table makes the episode a record. Every
 sample's ``meta`` records the anchor and, per field, the frame of every row it holds (-1 = padded), so a
 trainer can check that targets never lie inside its observations.
 """
@@ -42,6 +44,7 @@ class FieldRecipe:
     source: str
     offsets: tuple[float, ...]
     index: str = "frames"
+    optional: bool = False  # episodes without the table (videos have no actions) leave the field out
 
 
 @dataclass(frozen=True)
@@ -102,15 +105,18 @@ def _field(name: str, value: Any) -> FieldRecipe:
     where = f"samples.fields.{name}"
     if not isinstance(value, dict) or not isinstance(value.get("from"), str):
         raise SpecError(f"{where}: needs `from:` (a table such as rgb.agentview, actions, vae.latents)")
-    unknown = set(value) - {"from", "offsets", "index"}
+    unknown = set(value) - {"from", "offsets", "index", "optional"}
     if unknown:
-        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; valid keys: from, offsets, index")
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; valid keys: from, offsets, index, optional")
+    if not isinstance(value.get("optional", False), bool):
+        raise SpecError(f"{where}.optional must be true or false")
     index = value.get("index", "frames")
     if index not in ("frames", "rows"):
         raise SpecError(f"{where}.index is {index!r}; use frames or rows")
     if name.endswith((".pad", ".len")) or name == "meta":
         raise SpecError(f"{where}: the names meta, *.pad and *.len are reserved")
-    return FieldRecipe(name, value["from"], _offsets(value.get("offsets", [0]), where + ".offsets"), index)
+    return FieldRecipe(name, value["from"], _offsets(value.get("offsets", [0]), where + ".offsets"), index,
+                       bool(value.get("optional", False)))
 
 
 def parse_recipe(data: Any) -> Recipe | None:
@@ -194,6 +200,8 @@ def cut_sample(recipe: Recipe, tables: dict[str, Table], info: dict[str, Any], a
     frames: dict[str, list[int]] = {}
     for spec in recipe.fields:
         table = tables.get(spec.source)
+        if table is None and spec.optional:
+            continue
         if table is None:
             raise SpecError(f"recipe field {spec.name!r} reads table {spec.source!r}, which episode {info['id']!r} "
                             f"does not have (it has {sorted(tables)}); add the stage that makes it or fix `from:`")

@@ -41,7 +41,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def _samples(store: Path, recipe: Recipe, episodes: list[str], records: list[dict]) -> Iterator[dict[str, Any]]:
     for episode in episodes:
-        tables, attrs = load_tables(store, episode, recipe.tables())
+        tables, attrs = load_tables(store, episode, recipe.tables(), strict=False)
         info = {"id": episode, "source": attrs.get("source", ""), "fps": attrs.get("fps", 0.0),
                 "language": attrs.get("language", ""), "length": attrs.get("length", 0)}
         for sample in cut_samples(recipe, tables, info):
@@ -82,7 +82,16 @@ def reshard(store: str | Path, recipe: Any, out: str | Path) -> dict[str, Any]:
     job = json.loads(job_path.read_text(encoding="utf-8"))
     episodes = list_episodes(store)
     recipe = resolve_recipe(recipe, store, episodes)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(store, out, job, recipe)
+    except BaseException:
+        shutil.rmtree(out) if created else None  # a failed reshard leaves nothing behind
+        raise
+
+
+def _write(store: Path, out: Path, job: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     _link_tree(layout.zarr_store(store), layout.zarr_store(out))
     spec = {**job["spec"], "samples": _recipe_block(recipe)}
     spec_hash = _spec_hash(spec)
@@ -113,5 +122,6 @@ def _recipe_block(recipe: Recipe) -> dict[str, Any]:
     return {"stride": recipe.stride, "start": recipe.start, "unit": recipe.unit,
             "images": {"format": recipe.image_format, "quality": recipe.image_quality},
             "depth": {"format": recipe.depth_format}, "drop_padded": list(recipe.drop_padded),
-            "fields": {f.name: {"from": f.source, "offsets": list(f.offsets), "index": f.index}
+            "fields": {f.name: {"from": f.source, "offsets": list(f.offsets), "index": f.index,
+                                  "optional": f.optional}
                        for f in recipe.fields}}

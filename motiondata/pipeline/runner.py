@@ -1,12 +1,16 @@
 """Run a job: plan -> build the shards not yet done (Ray, or in-process) -> finalize the store.
 
-Finalizing merges the shard manifests into ``manifest.json``, the partial stats into ``stats.json`` and
-the error records into ``errors.jsonl``; files whose content is unchanged are not rewritten, so a
-second run over a finished store writes nothing.
+Resuming into an existing ``--out`` keeps a finished shard only if its spec, stage configs and input
+fingerprints still match (``resume.py``); otherwise the job refuses with one line, or, with
+``rebuild_changed``, rebuilds exactly the affected shards. A shard that fails never blocks the job:
+finalize always writes ``manifest.json`` (``complete: false`` and the failed shards, when some failed),
+``stats.json`` and ``errors.jsonl`` of what exists. Files whose content is unchanged are not rewritten, so
+a second run over a finished store writes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,17 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
 
 import motiondata
 from motiondata.errors import MotionDataError
-from motiondata.pipeline.plan import ShardPlan, plan_shards
+from motiondata.pipeline import isolation, outcome
+from motiondata.pipeline.plan import ShardPlan, plan_shards, stage_hashes
+from motiondata.pipeline.resume import (changed_shards, existing_manifests, recorded_units, stale_reason,
+                                        unmark_shard)
 from motiondata.pipeline.shard_task import build_shard, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import ensure_store
 from motiondata.store.manifest import check_job_manifest, read_shard_manifest, shard_done, software_versions
-from motiondata.store.stats import merge_partials, read_partial_stats
+from motiondata.store.shards import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,62 +44,185 @@ class JobResult:
     shards_total: int = 0
     shards_built: int = 0
     shards_skipped: int = 0
-    failed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "shard-000001: reason", one per failed shard
     num_samples: int = 0
     num_episodes: int = 0
     num_errors: int = 0
+    complete: bool = False  # every planned shard is done
+    problem: str | None = None  # set when the build as a whole did not work: nothing stored, a stage failed everywhere
+    advice: str | None = None  # what to do about the records that remain (``--retry-errors``)
+    failed_shards: list[dict[str, str]] = field(default_factory=list)  # [{"shard", "reason"}]
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False)
+    return Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[episodes]} episodes {task.fields[rate]}"), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn(), transient=False)
 
 
-def _check_same_spec(spec: JobSpec, out: Path, plans: list[ShardPlan]) -> None:
-    for plan in plans:
-        manifest = read_shard_manifest(out, plan.index)
-        if manifest and manifest.get("spec_hash") != spec.hash():
-            raise MotionDataError(f"{out} holds shards built from a different spec "
-                                  f"({layout.shard_name(plan.index)}); build into a new --out directory or delete it")
+class Throughput:
+    """Episodes and frames per second (and the shards' ETA) for the progress bar and the log."""
+
+    def __init__(self, progress: Progress, bar: Any, out: Path):
+        import time
+
+        self.clock, self.progress, self.bar, self.out = time.monotonic, progress, bar, out
+        self.start, self.episodes, self.frames = self.clock(), 0, 0
+
+    def __call__(self, manifest: dict[str, Any] | None = None) -> None:
+        manifest = manifest or {}
+        episodes = manifest.get("episodes", [])
+        self.episodes += len(episodes)
+        self.frames += manifest["frames"] if "frames" in manifest else _stored_frames(self.out, episodes)
+        self.progress.update(self.bar, advance=1, episodes=self.episodes, rate=self.rate())
+
+    def rate(self) -> str:
+        seconds = max(self.clock() - self.start, 1e-6)
+        return f"({self.episodes / seconds:.1f} ep/s, {self.frames / seconds:.0f} frames/s)"
 
 
-def _run_local(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[[], None]) -> list[str]:
-    failed = []
-    for plan in plans:
+def _stored_frames(out: Path, episodes: list[str]) -> int:
+    """Frames of stored episodes (their Zarr groups' ``length``); 0 where a group cannot be read."""
+    from motiondata.store.episodes_zarr import episode_attrs
+
+    frames = 0
+    for episode in episodes:
         try:
-            build_shard(spec, plan, out)
-        except Exception as exc:
-            log.error("%s failed: %s", layout.shard_name(plan.index), exc)
-            failed.append(f"{layout.shard_name(plan.index)}: {type(exc).__name__}: {exc}")
-        on_done()
+            frames += int(episode_attrs(out, episode).get("length", 0))
+        except Exception:  # progress is informative only
+            continue
+    return frames
+
+
+def _reconcile_spec(spec: JobSpec, out: Path, stages: list[dict[str, str]], rebuild_changed: bool
+                    ) -> dict[int, dict[str, Any]]:
+    """Existing shard manifests that still match the spec and stage configs. Stale ones are refused with
+    one line, or (``rebuild_changed``) unmarked so they are planned and built again."""
+    manifests = existing_manifests(out)
+    stale = {i: r for i, m in manifests.items() if (r := stale_reason(m, spec.hash(), stages))}
+    if stale and not rebuild_changed:
+        raise MotionDataError(next(iter(stale.values())))
+    for index in stale:
+        log.info("%s is rebuilt: %s", layout.shard_name(index), stale[index])
+        unmark_shard(out, index, manifests.pop(index))
+    return manifests
+
+
+def _intact(out: Path, index: int, manifest: dict[str, Any]) -> bool:
+    """The tar's sha256 equals its manifest's (``validate.shard_intact`` where available)."""
+    try:
+        from motiondata.store.validate import shard_intact  # type: ignore[attr-defined]
+    except ImportError:
+        shard_intact = None
+    if shard_intact is not None:
+        return bool(shard_intact(out, index))
+    tar = layout.shard_tar(out, index)
+    return tar.is_file() and file_sha256(tar) == manifest.get("sha256")
+
+
+def _todo(out: Path, plans: list[ShardPlan], manifests: dict[int, dict[str, Any]], changed: dict[int, str],
+          retry_errors: bool, verify: bool) -> list[ShardPlan]:
+    todo = []
+    for plan in plans:
+        manifest = manifests.get(plan.index)
+        if manifest is None or plan.index in changed or not shard_done(out, plan.index):
+            todo.append(plan)
+        elif retry_errors and manifest.get("errors"):
+            todo.append(plan)
+        elif verify and not _intact(out, plan.index, manifest):
+            log.warning("%s: sha256 differs from its manifest; rebuilding it", layout.shard_name(plan.index))
+            todo.append(plan)
+    return todo
+
+
+def _settle(out: Path, plan: ShardPlan, exc: BaseException, failed: dict[int, str]) -> ShardPlan | None:
+    """A shard task failed: blame the unit a dead worker was on and return the plan without it, or record
+    the shard as failed (leaving nothing of it behind) and return ``None``."""
+    blamed = isolation.crashed_unit(out, plan)
+    if blamed is not None:
+        log.warning("%s: the worker died on unit %s (%s); rebuilding without it", layout.shard_name(plan.index),
+                    blamed["key"], exc)
+        return plan.excluding(blamed["key"], f"the worker died while building it: {isolation.short_reason(exc)}")
+    log.error("%s failed: %s", layout.shard_name(plan.index), exc)
+    failed[plan.index] = isolation.short_reason(exc)
+    isolation.discard(out, plan, None)
+    return None
+
+
+def _run_local(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None]) -> dict[int, str]:
+    failed: dict[int, str] = {}
+    for plan in plans:
+        current: ShardPlan | None = plan
+        manifest = None
+        while current is not None:
+            try:
+                manifest = build_shard(spec, current, out)
+                current = None
+            except Exception as exc:
+                current = _settle(out, current, exc, failed)
+        on_done(manifest)
     return failed
 
 
-def _run_ray(spec: JobSpec, out: Path, plans: list[ShardPlan], address: str | None,
-             on_done: Callable[[], None]) -> list[str]:
+def _init_ray(address: str | None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": max(2, os.cpu_count() or 2)}))
-    task = ray.remote(num_cpus=spec.task_cpus, max_retries=1)(build_shard)
-    pending = {task.remote(spec, plan, str(out)): plan.index for plan in plans}
-    failed = []
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             **({} if address else {"num_cpus": max(2, os.cpu_count() or 2)}))
+    return True
+
+
+def _run_ray(spec: JobSpec, out: Path, plans: list[ShardPlan], address: str | None,
+             on_done: Callable[..., None], executor: str = "ray") -> dict[int, str]:
+    import ray
+
+    started = _init_ray(address)
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
-            try:
-                ray.get(done[0])
-            except Exception as exc:  # a crashed shard is reported; a rerun retries it
-                failed.append(f"{layout.shard_name(index)}: {exc}")
-            on_done()
+        if _streaming(spec, executor):
+            from motiondata.pipeline.ray_stream import Stream
+
+            return Stream(spec, str(out), plans, on_done).run()
+        return _run_shard_tasks(spec, out, plans, on_done)
     finally:
         if started:
             ray.shutdown()
+
+
+def _streaming(spec: JobSpec, executor: str) -> bool:
+    """``ray-stages`` always; plain ``ray`` when the cluster has GPUs and a stage declares ``num_gpus``
+    (one task per shard would hide the GPUs from the stages)."""
+    if executor == "ray-stages":
+        return True
+    import ray
+
+    from motiondata.pipeline.ray_stages import wants_gpu
+
+    return bool(ray.cluster_resources().get("GPU", 0)) and wants_gpu(job_stages(spec))
+
+
+def _run_shard_tasks(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None]
+                     ) -> dict[int, str]:
+    import ray
+
+    task = ray.remote(num_cpus=spec.task_cpus, max_retries=1)(build_shard)
+    pending = {task.remote(spec, plan, str(out)): plan for plan in plans}
+    failed: dict[int, str] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        plan = pending.pop(done[0])
+        manifest = None
+        try:
+            manifest = ray.get(done[0])
+        except Exception as exc:  # isolate the unit a dead worker was on, else report the shard
+            retry = _settle(out, plan, exc, failed)
+            if retry is not None:
+                pending[task.remote(spec, retry, str(out))] = retry
+                continue
+        on_done(manifest)
     return failed
 
 
@@ -105,27 +236,50 @@ def remove_stale_temporaries(out: Path) -> int:
 
 
 def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, executor: str = "ray",
-            show_progress: bool = True) -> JobResult:
+            show_progress: bool = True, *, retry_errors: bool = False, verify: bool = False,
+            rebuild_changed: bool = False) -> JobResult:
+    """Build (or resume) the store at ``out``. ``retry_errors`` rebuilds the shards holding error records;
+    ``verify`` rebuilds shards whose tar sha256 differs from their manifest; ``rebuild_changed`` rebuilds
+    shards whose inputs, spec or stage configs changed instead of refusing."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plans, plan_errors = plan_shards(spec)
-    _check_same_spec(spec, out, plans)
+    stages = stage_hashes(job_stages(spec))
+    manifests = _reconcile_spec(spec, out, stages, rebuild_changed)
+    plans, plan_errors = plan_shards(spec, recorded_units(manifests))
+    plans = [dataclasses.replace(p, stages=tuple(stages)) for p in plans]
+    changed = changed_shards(plans, manifests, retry_errors)
+    if changed and not rebuild_changed:
+        raise MotionDataError(changed[min(changed)])
     ensure_store(out)
     if remove_stale_temporaries(out):
         log.info("removed temporary files left by an interrupted run")
-    todo = [p for p in plans if not shard_done(out, p.index)]
+    todo = _todo(out, plans, manifests, changed, retry_errors, verify)
     result = JobResult(out, len(plans), len(todo), len(plans) - len(todo))
     log.info("%d shards planned, %d done already, %d to build", len(plans), result.shards_skipped, len(todo))
+    failed: dict[int, str] = {}
     if todo:
         with _progress() as progress:
-            bar = progress.add_task("shards", total=len(todo), visible=show_progress)
-            advance = lambda: progress.advance(bar)  # noqa: E731
+            bar = progress.add_task("shards", total=len(todo), visible=show_progress, episodes=0, rate="")
+            advance = Throughput(progress, bar, out)
             if executor == "local":
-                result.failed = _run_local(spec, out, todo, advance)
+                failed = _run_local(spec, out, todo, advance)
             else:
-                result.failed = _run_ray(spec, out, todo, ray_address, advance)
-    finalize(spec, out, plans, plan_errors, result)
+                failed = _run_ray(spec, out, todo, ray_address, advance, executor)
+            log.info("built %d episodes, %d frames %s", advance.episodes, advance.frames, advance.rate())
+    result.shards_built -= len(failed)
+    finalize(spec, out, plans, plan_errors, result, failed)
+    _advise(result, retry_errors)
     return result
+
+
+def _advise(result: JobResult, retried: bool) -> None:
+    if result.num_errors:
+        again = "still " if retried else ""
+        result.advice = (f"{result.num_errors} inputs were {again}rejected (see errors.jsonl); after fixing them, "
+                         "rerun with --retry-errors")
+        log.info("%s", result.advice)  # the CLI prints advice and problem once, on stderr
+    if result.problem:
+        log.info("%s", result.problem)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -134,25 +288,48 @@ def _write_if_changed(path: Path, text: str) -> None:
     layout.atomic_write_text(path, text)
 
 
+def _done_manifests(out: Path, plans: list[ShardPlan]) -> dict[int, dict[str, Any]]:
+    manifests = {}
+    for plan in plans:
+        manifest = read_shard_manifest(out, plan.index) if shard_done(out, plan.index) else None
+        if manifest:
+            manifests[plan.index] = manifest
+    return manifests
+
+
+def _unmark_stage_failure(out: Path, spec: JobSpec, manifests: dict[int, dict[str, Any]],
+                          failed: dict[int, str]) -> str | None:
+    """A stage that failed for every episode with one reason: its shards are not done (a rerun after the
+    fix rebuilds them) and the job has a problem."""
+    failure = outcome.stage_wide_failure(job_stages(spec), manifests)
+    if failure is None:
+        return None
+    line = outcome.failure_line(failure)
+    for index in failure["shards"]:
+        unmark_shard(out, index, manifests.pop(index))
+        failed.setdefault(index, line)
+    return line
+
+
 def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list[dict[str, Any]],
-             result: JobResult) -> None:
-    manifests = [m for m in (read_shard_manifest(out, p.index) for p in plans) if m]
-    errors = list(plan_errors) + [e for m in manifests for e in m["errors"]]
-    partials = [read_partial_stats(out, m["index"]) for m in manifests]
-    stats = merge_partials(partials).norm_stats() if partials else {"norm_stats": {}}
-    result.num_samples = sum(m["num_samples"] for m in manifests)
-    result.num_episodes = sum(len(m["episodes"]) for m in manifests)
+             result: JobResult, failed: dict[int, str] | None = None) -> None:
+    failed = dict(failed or {})
+    manifests = _done_manifests(out, plans)
+    result.problem = _unmark_stage_failure(out, spec, manifests, failed)
+    for plan in plans:
+        if plan.index not in manifests:
+            failed.setdefault(plan.index, "not built")
+    errors = list(plan_errors) + [e for i in sorted(manifests) for e in manifests[i]["errors"]]
+    stats, conflicts = outcome.merge_stats(out, sorted(manifests))
+    result.num_samples = sum(m["num_samples"] for m in manifests.values())
+    result.num_episodes = sum(len(m["episodes"]) for m in manifests.values())
     result.num_errors = len(errors)
-    job = {
-        "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
-        "spec_hash": spec.hash(), "software": software_versions(),
-        "stages": [{"name": b.stage.name, "config_hash": b.stage.config_hash(),
-                    **({"sources": list(b.sources)} if b.sources is not None else {})} for b in job_stages(spec)],
-        "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
-                    "sha256": m["sha256"]} for m in manifests],
-        "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,
-        "complete": len(manifests) == len(plans), "created_by": f"motiondata {motiondata.__version__}",
-    }
+    result.failed_shards = [{"shard": layout.shard_name(i), "reason": failed[i]} for i in sorted(failed)]
+    result.failed = [f"{s['shard']}: {s['reason']}" for s in result.failed_shards]
+    result.complete = not failed
+    if result.problem is None and result.num_episodes == 0:
+        result.problem = outcome.nothing_stored_line(errors, failed)
+    job = _job_document(spec, manifests, result, conflicts)
     problems = check_job_manifest(job)
     if problems:
         raise MotionDataError("job manifest does not match its schema: " + "; ".join(problems))
@@ -163,3 +340,24 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
     from motiondata.inspect.report import write_report
 
     write_report(out)
+
+
+def _job_document(spec: JobSpec, manifests: dict[int, dict[str, Any]], result: JobResult,
+                  conflicts: list[str]) -> dict[str, Any]:
+    job = {
+        "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
+        "spec_hash": spec.hash(), "software": software_versions(),
+        "stages": [{"name": b.stage.name, "config_hash": b.stage.config_hash(),
+                    **({"sources": list(b.sources)} if b.sources is not None else {})} for b in job_stages(spec)],
+        "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
+                    "sha256": m["sha256"]} for _, m in sorted(manifests.items())],
+        "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,
+        "complete": result.complete, "created_by": f"motiondata {motiondata.__version__}",
+    }
+    if result.failed_shards:
+        job["failed_shards"] = result.failed_shards
+    if result.problem:
+        job["problem"] = result.problem
+    if conflicts:
+        job["stats_conflicts"] = conflicts
+    return job

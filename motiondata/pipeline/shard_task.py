@@ -17,9 +17,14 @@ import numpy as np
 
 from motiondata.episode import Episode, VECTOR_FIELDS
 from motiondata.errors import SourceError
-from motiondata.pipeline.plan import ShardPlan, open_spec_source
+from motiondata.pipeline import isolation
+from motiondata.pipeline.plan import ShardPlan, episode_id_for, open_spec_source, stage_hashes, unit_key
 from motiondata.pipeline.registry import build_stages
+from motiondata.pipeline.recipe import cut_samples, recipe_of
 from motiondata.pipeline.spec import JobSpec
+from motiondata.pipeline.stage import Window
+from motiondata.pipeline.table_build import episode_info, run_stage, start_item, zarr_payload
+from motiondata.pipeline.resume import remove_episode_groups
 from motiondata.pipeline.transforms import Resize, SelectCameras, WindowSamples
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import write_episode
@@ -30,6 +35,7 @@ from motiondata.store.stats import RunningStats, write_partial_stats
 
 log = logging.getLogger(__name__)
 BASE_PREFIXES = ("rgb.", "depth.")
+_ANCHOR = Window(0, 0, 1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,6 +54,7 @@ class ShardBuilder:
         self.stages = job_stages(spec)
         self.prepare = [SelectCameras(spec.cameras), Resize(spec.frame_size)]
         self.windowing = WindowSamples(spec.window_length, spec.window_stride)
+        self.recipe = recipe_of(spec)
         self.stats = RunningStats()
         self.errors: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
@@ -61,7 +68,16 @@ class ShardBuilder:
 
     def read(self, entry: dict[str, Any]) -> Episode | None:
         src_spec, unit = self.spec.sources[entry["source"]], entry["unit"]
-        episode_id = f"{src_spec.name}_{unit['id']}"
+        episode_id = entry.get("episode") or episode_id_for(src_spec.name, unit["id"])
+        key = entry.get("key") or unit_key(src_spec.name, unit["id"])
+        excluded = dict(self.plan.excluded)
+        if key in excluded:  # it crashed this shard before: one record, its neighbours go on
+            self.errors.append(error_record(unit.get("file", src_spec.path), episode_id, "shard",
+                                            f"{excluded[key]}; this unit was left out of its shard: fix it and "
+                                            "rerun with --retry-errors", unit=key))
+            return None
+        self.current = {**entry, "key": key, "episode": episode_id}  # blamed if the build crashes from here
+        isolation.mark_progress(self.out, self.plan.index, key)
         try:
             episode = self.source(entry["source"]).read(unit)
             episode = dataclasses.replace(episode, id=episode_id, source=src_spec.name)
@@ -69,29 +85,55 @@ class ShardBuilder:
                 episode = transform(episode)
             return episode
         except SourceError as exc:
-            self.errors.append(error_record(exc.file, episode_id, "read", exc.reason, unit=unit))
+            self.errors.append(error_record(exc.file, episode_id, "read", exc.reason, unit=key))
         except Exception as exc:  # anything a reader did not foresee is still one record, not a crash
             log.warning("unit %s of %s failed: %s", unit["id"], src_spec.path, exc)
             self.errors.append(error_record(unit.get("file", src_spec.path), episode_id, "read",
-                                            f"{type(exc).__name__}: {exc}", unit=unit))
+                                            f"{type(exc).__name__}: {exc}", unit=key))
         return None
 
     def encode(self, episode: Episode, file: str) -> dict[str, Any] | None:
-        item = self.windowing({"episode": episode})
+        item = start_item(episode, self.recipe) if self.recipe else self.windowing({"episode": episode})
         for bound in self.stages:
             if not bound.applies_to(episode.source):
                 continue
             stage = bound.stage
             try:
-                item = stage(item)
+                item = run_stage(stage, item) if self.recipe else stage(item)
             except Exception as exc:
                 log.warning("stage %s failed on %s: %s", stage.name, episode.id, exc)
                 self.errors.append(error_record(file, episode.id, stage.name, f"{type(exc).__name__}: {exc}"))
                 return None
         return item
 
+    def cut(self, item: dict[str, Any], file: str) -> bool:
+        """Recipe mode: cut the samples from the episode tables (a recipe that cannot be served is a record)."""
+        episode: Episode = item["episode"]
+        try:
+            item["samples"] = cut_samples(self.recipe, item["tables"], episode_info(episode))
+        except Exception as exc:
+            self.errors.append(error_record(file, episode.id, "recipe", f"{type(exc).__name__}: {exc}"))
+            return False
+        item["windows"] = [dataclasses.replace(_ANCHOR, index=s["meta"]["anchor"], start=s["meta"]["anchor"])
+                           for s in item["samples"]]
+        return True
+
+    def store_tables(self, item: dict[str, Any]) -> None:
+        episode: Episode = item["episode"]
+        arrays, attrs = zarr_payload(item)
+        attrs.update({"id": episode.id, "source": episode.source, "fps": float(episode.fps),
+                      "language": episode.language, "length": episode.length, "cameras": episode.cameras,
+                      "metadata": episode.metadata, "anchors": [s["meta"]["anchor"] for s in item["samples"]],
+                      "recipe": self.recipe.to_dict()})
+        write_episode(self.out, episode.id, arrays, attrs)
+        for name in VECTOR_FIELDS:
+            if getattr(episode, name) is not None:
+                self.stats.update(name, getattr(episode, name))
+
     def store_episode(self, item: dict[str, Any]) -> None:
         episode: Episode = item["episode"]
+        if self.recipe:
+            return self.store_tables(item)
         arrays = {f"rgb.{c}": f for c, f in episode.rgb.items()}
         arrays.update({f"depth.{c}": d for c, d in episode.depth.items()})
         arrays.update(episode.vectors())
@@ -118,7 +160,7 @@ class ShardBuilder:
             if episode is None:
                 continue
             item = self.encode(episode, entry["unit"].get("file", ""))
-            if item is None:
+            if item is None or (self.recipe and not self.cut(item, entry["unit"].get("file", ""))):
                 continue
             self.store_episode(item)
             self.episodes.append(episode.id)
@@ -130,19 +172,47 @@ class ShardBuilder:
     def build(self) -> dict[str, Any]:
         tar = layout.shard_tar(self.out, self.plan.index)
         info = write_shard(tar, self.samples())
+        self.current = None  # past the last unit: a failure from here on is the shard's, not a unit's
         write_partial_stats(self.out, self.plan.index, self.stats)
         for record, written in zip(self.records, info["samples"]):
             record.update(bytes=written["bytes"], sha256=written["sha256"])
+        unit_of = {u["episode"]: u["key"] for u in self.plan.units}
+        for record in self.errors:  # stage records name the episode; every record also names its unit
+            if record.get("unit") is None and record.get("episode") in unit_of:
+                record["unit"] = unit_of[record["episode"]]
         manifest = {
             "shard": layout.shard_name(self.plan.index), "index": self.plan.index, "tar": f"{layout.SHARDS_DIR}/{tar.name}",
             "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": info["num_samples"],
             "keys": [s["key"] for s in info["samples"]], "samples": self.records, "fields": info["fields"],
             "episodes": self.episodes, "units": self.plan.unit_ids(), "errors": self.errors,
-            "spec_hash": self.spec.hash(),
+            "spec_hash": self.spec.hash(), "inputs": self.plan.inputs(),
+            "stages": list(self.plan.stages) if self.plan.stages is not None else stage_hashes(self.stages),
         }
         write_shard_manifest(self.out, self.plan.index, manifest)
+        isolation.clear_progress(self.out, self.plan.index)
         return manifest
 
 
 def build_shard(spec: JobSpec, plan: ShardPlan, out: str | Path) -> dict[str, Any]:
-    return ShardBuilder(spec, plan, out).build()
+    """Build one shard with torch pinned to one intra-op thread (same bytes on Ray and in-process). A unit
+    whose exception escapes the build is isolated: the shard is rebuilt without it and it becomes one
+    ``shard`` error record; an exception no unit can be blamed for fails the shard, leaving nothing behind."""
+    out = Path(out)
+    previous = isolation.take_previous(out, plan.index)
+    with isolation.single_thread():
+        while True:
+            builder = ShardBuilder(spec, plan, out)
+            try:
+                manifest = builder.build()
+                break
+            except Exception as exc:
+                blamed = isolation.culprit(getattr(builder, "current", None), plan)
+                if blamed is None:
+                    isolation.discard(out, plan, previous)
+                    raise
+                log.warning("%s: unit %s crashed the shard (%s); rebuilding without it",
+                            layout.shard_name(plan.index), blamed["key"], exc)
+                plan = plan.excluding(blamed["key"], f"crashed its shard: {isolation.short_reason(exc)}")
+                remove_episode_groups(out, [blamed["episode"]])
+    isolation.drop_stale_groups(out, previous, manifest)
+    return manifest

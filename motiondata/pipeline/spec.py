@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from motiondata.errors import SpecError
+from motiondata.pipeline.spec_schema import read_spec_yaml, schema_problem
 from motiondata.sources import SOURCE_KINDS
 
 
@@ -50,11 +49,16 @@ class JobSpec:
     stages: tuple[dict[str, Any], ...] = ()
     task_cpus: float = 0.5
     output: str | None = None
+    frame_mode: str | None = None
+    samples: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("raw")
+        for key in OPTIONAL_KEYS:  # absent when unset, so older specs keep their hash
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
 
     def hash(self) -> str:
@@ -64,6 +68,9 @@ class JobSpec:
             content.pop(key)
         text = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+OPTIONAL_KEYS = ("frame_mode", "samples")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -118,17 +125,18 @@ PATH_PARAMS = ("tokenizer", "model", "config", "weights", "stats", "depth_model"
 
 
 def parse_spec(data: dict[str, Any], base: Path | None = None) -> JobSpec:
+    """Check ``data`` against ``schemas/spec.schema.json`` (first problem -> one SpecError line), then build
+    the JobSpec. Typos at any level (``windows: {lenght: 9}``) are errors, not silent defaults."""
     base = base or Path.cwd()
-    _require(isinstance(data, dict), "a spec is a YAML mapping with at least `sources:`")
-    known = {"name", "sources", "frames", "windows", "shards", "stages", "ray", "output"}
-    unknown = set(data) - known
-    _require(not unknown, f"unknown top-level keys {sorted(unknown)}; valid keys: {sorted(known)}")
+    _require(isinstance(data, dict), f"a spec is a YAML mapping with at least `sources:`, got {type(data).__name__}; "
+             "start from pipelines/demo.yaml")
+    problem = schema_problem(data)
+    if problem:
+        raise SpecError(problem)
     frames = data.get("frames") or {}
     windows = data.get("windows") or {}
     shards = data.get("shards") or {}
     size = frames.get("size")
-    _require(size is None or (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)),
-             f"frames.size must be [height, width] in pixels, got {size!r}")
     cameras = frames.get("cameras")
     spec = JobSpec(
         name=str(data.get("name", "job")),
@@ -141,8 +149,13 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> JobSpec:
         stages=_parse_stages(data.get("stages") or [], base),
         task_cpus=float((data.get("ray") or {}).get("task_cpus", 0.5)),
         output=data.get("output"),
+        frame_mode=frames.get("mode"),
+        samples=data.get("samples") or None,
         raw=data,
     )
+    from motiondata.pipeline.recipe import recipe_of
+
+    recipe_of(spec)  # a bad `samples:` recipe is a SpecError before any work starts
     _require(spec.window_length >= 1 and spec.window_stride >= 1, "windows.length and windows.stride must be >= 1")
     _require(spec.episodes_per_shard >= 1, "shards.episodes_per_shard must be >= 1")
     _require(0 < spec.task_cpus <= 64, "ray.task_cpus must be > 0 (fractions like 0.5 avoid deadlocks on small machines)")
@@ -150,12 +163,9 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> JobSpec:
 
 
 def load_spec(path: str | Path) -> JobSpec:
+    """Read and check a spec file; every problem is one SpecError line naming the fix."""
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"spec file {path} not found; see pipelines/*.yaml for examples")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return parse_spec(data, base=path.resolve().parent)
+    return parse_spec(read_spec_yaml(path), base=path.resolve().parent)
 
 
 def with_input(spec: JobSpec, input_path: str) -> JobSpec:

@@ -67,8 +67,10 @@ def tables_from_group(arrays: dict[str, np.ndarray], infos: dict[str, Any]) -> d
     return tables
 
 
-def load_tables(out: str | Path, episode_id: str, names: list[str] | None = None) -> tuple[dict[str, Table], dict]:
-    """The episode tables kept in ``OUT/episodes.zarr/<episode_id>`` (all, or ``names``) and its attrs."""
+def load_tables(out: str | Path, episode_id: str, names: list[str] | None = None,
+                strict: bool = True) -> tuple[dict[str, Table], dict]:
+    """The episode tables kept in ``OUT/episodes.zarr/<episode_id>`` (all, or ``names``) and its attrs.
+    ``strict=False`` skips names the episode lacks (the recipe then reports or omits them)."""
     from motiondata.store.episodes_zarr import episode_attrs, read_episode
 
     attrs = episode_attrs(out, episode_id)
@@ -78,7 +80,7 @@ def load_tables(out: str | Path, episode_id: str, names: list[str] | None = None
                          "rebuild it from a spec with a `samples:` recipe")
     wanted = sorted(infos) if names is None else [n for n in names if n in infos]
     missing = [n for n in (names or []) if n not in infos]
-    if missing:
+    if missing and strict:
         raise StoreError(f"episode {episode_id!r} has no tables {missing}; it has {sorted(infos)}")
     fields = wanted + [n + LENGTHS_SUFFIX for n in wanted if infos[n].get("has_lengths")]
     arrays = read_episode(out, episode_id, fields=fields)

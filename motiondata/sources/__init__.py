@@ -1,7 +1,8 @@
 """Input readers. ``open_source(kind, path, **options)`` builds one; see ``docs/sources.md``.
 
 Kinds: ``hdf5`` (LIBERO / robomimic demos), ``replay_buffer`` (Diffusion Policy zarr), ``video`` (plain
-video folders), ``lerobot`` (LeRobot v2.1 / v3.0 datasets). Reader modules are imported lazily.
+video folders), ``lerobot`` (LeRobot v2.1 / v3.0 datasets), ``rlds`` (RLDS / Open X-Embodiment TFDS
+builder folders). Reader modules are imported lazily.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ READERS: dict[str, tuple[str, str]] = {
     "hdf5": ("motiondata.sources.hdf5_demos", "Hdf5DemoSource"),
     "lerobot": ("motiondata.sources.lerobot", "LeRobotSource"),
     "replay_buffer": ("motiondata.sources.replay_buffer", "ReplayBufferSource"),
+    "rlds": ("motiondata.sources.rlds", "RldsSource"),
     "video": ("motiondata.sources.video_folder", "VideoFolderSource"),
 }
 SOURCE_KINDS = tuple(sorted(READERS))

@@ -5,6 +5,16 @@ A source lists cheap, JSON-able *units* (one per episode or clip) and reads one 
 ``"file"`` (the path named in error records). A unit whose file could not even be probed carries an
 ``"error"`` string; ``read()`` raises :class:`~motiondata.errors.SourceError` for it, so one bad file
 becomes one error record instead of a crashed job.
+
+Readers never coerce silently: text in a numeric field, values beyond ``max_abs`` (default
+:data:`DEFAULT_MAX_ABS`) or beyond float32, and metadata that contradicts the data raise a SourceError naming
+file, episode and field (see :func:`vector_field`).
+
+A reader may also keep ``listing_problems: list[dict]``, reset by every ``units()`` call: one
+``{"file", "episode", "unit", "reason"}`` dict per input that ``units()`` deliberately left out (e.g. a
+duplicated LeRobot ``meta/episodes`` row), so the planner can turn each into an error record. ``episode`` and
+``unit`` are the id of the unit the problem concerns inside this source (or None); the planner prefixes the
+source name as it does for units. Readers without the attribute have none (:func:`listing_problems`).
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import numpy as np
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import EpisodeValidationError, SourceError, SpecError
 
-
+DEFAULT_MAX_ABS = 1e6  # |x| above this in a vector field is a record (reader option ``max_abs``; null: no limit)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 @runtime_checkable
 class Source(Protocol):
@@ -40,6 +52,17 @@ class Source(Protocol):
 def error_unit(unit_id: str, file: str, reason: str, **extra: Any) -> dict:
     """A unit for an input that could not be probed; ``read()`` turns it into a SourceError."""
     return {"id": safe_id(unit_id), "file": str(file), "error": reason, **extra}
+
+
+def listing_problem(file: str, episode: str | None, reason: str) -> dict:
+    """One entry of a reader's ``listing_problems`` (see the module docstring)."""
+    uid = None if episode is None else safe_id(episode)
+    return {"file": str(file), "episode": uid, "unit": uid, "reason": reason}
+
+
+def listing_problems(source: Any) -> list[dict]:
+    """The inputs ``source.units()`` left out on purpose, each ``{file, episode, reason}``; [] if none."""
+    return list(getattr(source, "listing_problems", None) or [])
 
 
 def raise_if_error_unit(unit: dict) -> None:
@@ -153,9 +176,62 @@ def rotation_to_quat(rot: np.ndarray, fmt: str) -> np.ndarray:
     raise ValueError(f"orientation has {rot.shape[-1]} values per step; expected 3 (axis-angle/euler) or 4 (quaternion)")
 
 
-def as_float32_2d(values: Any) -> np.ndarray:
-    """(T,) or (T, D) numbers -> (T, D) float32."""
+def check_max_abs(value: Any) -> float | None:
+    """Validate the ``max_abs`` reader option: a positive number, or None to disable the range check."""
+    check_positive("max_abs", value)
+    return None if value is None else float(value)
+
+
+def _dtype_problem(arr: np.ndarray) -> str | None:
+    if arr.dtype.kind in NUMERIC_KINDS:
+        return None
+    sample = arr.reshape(-1)[:1].tolist()
+    what = {"S": "text", "U": "text", "O": "Python objects", "c": "complex numbers"}.get(arr.dtype.kind, "non-numbers")
+    if sample and isinstance(sample[0], (str, bytes)):
+        what = "text"
+    found = f"holds {what} (dtype {arr.dtype}, first value {sample[0]!r})" if sample else f"has dtype {arr.dtype}"
+    return found + (", not real numbers; motiondata never casts these silently: rewrite the field as a float "
+                    "array or drop the episode")
+
+
+def _range_problem(arr: np.ndarray, max_abs: float | None) -> str | None:
+    """Why ``arr`` (numeric) is out of range, or None. NaN/inf are left to Episode validation."""
+    if arr.size == 0 or arr.dtype.kind == "b":
+        return None
+    mags = np.abs(np.atleast_1d(arr).astype(np.float64, copy=False))
+    mags = np.where(np.isfinite(mags), mags, 0.0)
+    where = np.unravel_index(int(np.argmax(mags)), mags.shape)
+    big = float(mags[where])
+    limit = FLOAT32_MAX if max_abs is None else min(max_abs, FLOAT32_MAX)
+    if big <= limit:
+        return None
+    at = f"step {where[0]}" + (f", dim {where[1]}" if len(where) > 1 else "")
+    overflow = " (beyond float32: it would be stored as inf)" if big > FLOAT32_MAX else ""
+    return (f"max |x| = {big:.4g} at {at} exceeds max_abs = {limit:.4g}{overflow}, which would wreck the norm "
+            "stats; fix the data, or raise the reader option max_abs (e.g. options: {max_abs: 1e9}; "
+            "null disables the check)")
+
+
+def vector_field(values: Any, field_name: str, file: str, episode: str | None,
+                 max_abs: float | None = DEFAULT_MAX_ABS) -> np.ndarray:
+    """(T,) or (T, D) numbers -> (T, D) float32, refusing what a cast would silently get wrong: text
+    (``b"0.1"``), non-numeric dtypes and ``|x| > max_abs`` (or beyond float32). Each refusal is a SourceError
+    naming ``file``, ``episode`` and ``field_name``."""
     arr = np.asarray(values)
+    problem = _dtype_problem(arr) or _range_problem(arr, max_abs)
+    if problem is None and arr.ndim not in (1, 2):
+        problem = f"has shape {arr.shape}; expected (T,) or (T, D)"
+    if problem:
+        raise SourceError(file, f"field {field_name!r} {problem}", episode=episode)
+    return as_float32_2d(arr)
+
+
+def as_float32_2d(values: Any) -> np.ndarray:
+    """(T,) or (T, D) numbers -> (T, D) float32. Text or other non-numeric values raise ValueError (use
+    :func:`vector_field` in readers: it names the file, episode and field)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in NUMERIC_KINDS:
+        raise ValueError(f"values {_dtype_problem(arr)}")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:

@@ -17,8 +17,9 @@ import numpy as np
 
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import SourceError, SpecError
-from motiondata.sources.base import (ROTATION_FORMATS, as_float32_2d, build_episode, check_choice, error_unit,
-                                     raise_if_error_unit, require_path, rotation_to_quat, source_errors, unique_ids)
+from motiondata.sources.base import (DEFAULT_MAX_ABS, ROTATION_FORMATS, build_episode, check_choice, check_max_abs,
+                                     error_unit, raise_if_error_unit, require_path, rotation_to_quat, source_errors,
+                                     unique_ids, vector_field)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,15 @@ def _json_attr(group: Any, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _unique_unit_ids(units: list[dict], root: str) -> list[dict]:
+    """Demo names that clean to the same id (``demo 1`` / ``demo_1``, or file ``a_demo`` + ``0`` vs file ``a`` +
+    ``demo_0``) get a short hash of the file (relative to ``root``, so ids survive moving the dataset) and the
+    demo name, so every unit id is unique inside the source."""
+    keys = [f"{os.path.relpath(u['file'], root)}::{u.get('demo', '')}" for u in units]
+    ids = unique_ids([u["id"] for u in units], keys)
+    return [dict(u, id=i) for u, i in zip(units, ids)]
+
+
 class Hdf5DemoSource:
     """Reads ``data/demo_<i>`` groups from one HDF5 file or a folder of them.
 
@@ -90,13 +100,17 @@ class Hdf5DemoSource:
         ee_rotation: how ``ee_ori`` is stored when it has 3 values per arm (``axis_angle``, LIBERO's, or
             ``euler_xyz``), or which quaternion order (``quat_xyzw``, default for 4 values, or ``quat_wxyz``).
         filter_key: robomimic filter key (``mask/<filter_key>`` lists the demos to read), e.g. ``"train"``.
+        max_abs: a demo whose actions/state/proprio hold ``|x| > max_abs`` is an error record (None: only
+            values beyond float32). Text datasets (``b"0.1"``) in those fields are always a record.
     """
 
     kind = "hdf5"
 
     def __init__(self, path: str, flip: bool | str = False, cameras: list[str] | None = None, depth: bool = True,
-                 language: str | None = None, ee_rotation: str = "axis_angle", filter_key: str | None = None):
+                 language: str | None = None, ee_rotation: str = "axis_angle", filter_key: str | None = None,
+                 max_abs: float | None = DEFAULT_MAX_ABS):
         self.path = require_path(path, self.kind)
+        self.max_abs = check_max_abs(max_abs)
         if flip not in (True, False, "auto"):
             raise SpecError(f"option flip={flip!r} must be true, false or \"auto\"")
         if cameras is not None and (isinstance(cameras, str) or not all(isinstance(c, str) for c in cameras)):
@@ -132,7 +146,7 @@ class Hdf5DemoSource:
                 continue
             for demo in demos:
                 units.append({"id": safe_id(demo if single else f"{base}_{demo}"), "file": file, "demo": demo})
-        return units
+        return _unique_unit_ids(units, os.path.dirname(self.path) if single else self.path)
 
     def _demo_names(self, file: str) -> list[str]:
         try:
@@ -175,7 +189,10 @@ class Hdf5DemoSource:
     def _fps_env(self, data: Any) -> tuple[float, str]:
         env_args = _json_attr(data, "env_args")
         freq = (env_args.get("env_kwargs") or {}).get("control_freq")
-        fps = float(freq) if isinstance(freq, (int, float)) and freq > 0 else DEFAULT_FPS
+        usable = isinstance(freq, (int, float)) and not isinstance(freq, bool) and np.isfinite(freq) and freq > 0
+        if freq is not None and not usable:
+            log.warning("env_args control_freq=%r is not a positive number; using %s fps", freq, DEFAULT_FPS)
+        fps = float(freq) if usable else DEFAULT_FPS
         return fps, str(env_args.get("env_name", ""))
 
     def _language(self, data: Any, file: str) -> str:
@@ -230,6 +247,14 @@ class DemoReader:
                       "the demo's datasets must have equal lengths")
         return array
 
+    def vector(self, parent: Any, key: str, required: bool = False) -> np.ndarray | None:
+        """``parent[key]`` as (T, D) float32; text, non-numeric dtypes and ``|x| > max_abs`` are records."""
+        values = self.load(parent, key, required)
+        if values is None:
+            return None
+        where = f"{parent.name.lstrip('/')}/{key}"
+        return vector_field(values, where, self.file, self.uid, self.source.max_abs)
+
     def camera_keys(self) -> dict[str, str]:
         found = {}
         for key in sorted(self.obs.keys()):
@@ -263,7 +288,7 @@ class DemoReader:
                 if d is not None:
                     depth[cam] = np.ascontiguousarray(d[:, ::-1, ::-1]) if flip else d
         fields: dict[str, Any] = {"rgb": rgb, "depth": depth}
-        fields["actions"] = as_float32_2d(self.load(self.group, "actions", required=True))
+        fields["actions"] = self.vector(self.group, "actions", required=True)
         layout = self.read_proprio(fields)
         fields["ee_pose"] = self.read_ee_pose()
         return fields, {"format": layout, "flipped": flip}
@@ -277,6 +302,9 @@ class DemoReader:
             values = values[..., 0]
         if values.ndim != 3:
             self.fail(f"{self.prefix}/obs/{key} has shape {values.shape}; expected (T, H, W) or (T, H, W, 1)")
+        if values.dtype.kind not in "iuf":
+            self.fail(f"{self.prefix}/obs/{key} has dtype {values.dtype}, not numbers; rewrite it as float metres "
+                      "or integer millimetres, or set depth: false")
         attrs = self.obs[key].attrs
         scale = next((float(attrs[a]) for a in ("depth_scale", "scale") if a in attrs), None)
         if scale is None:
@@ -286,21 +314,20 @@ class DemoReader:
     def read_proprio(self, fields: dict[str, Any]) -> str:
         for layout, (state_keys, joints_key, gripper_key) in PROPRIO_LAYOUTS.items():
             if all(k in self.obs for k in state_keys):
-                parts = [as_float32_2d(self.load(self.obs, k)) for k in state_keys]
+                parts = [self.vector(self.obs, k) for k in state_keys]
                 fields["state"] = np.concatenate(parts, axis=1)
-                fields["joints"] = as_float32_2d(self.load(self.obs, joints_key))
-                fields["gripper"] = as_float32_2d(self.load(self.obs, gripper_key))
+                fields["joints"] = self.vector(self.obs, joints_key)
+                fields["gripper"] = self.vector(self.obs, gripper_key)
                 return layout
-        robot_states = self.load(self.group, "robot_states")
+        robot_states = self.vector(self.group, "robot_states")
         if robot_states is not None:
-            fields["state"] = as_float32_2d(robot_states)
+            fields["state"] = robot_states
         return "generic"
 
     def read_ee_pose(self) -> np.ndarray | None:
         for pos_key, ori_key in EE_LAYOUTS:
             if pos_key in self.obs and ori_key in self.obs:
-                pos = as_float32_2d(self.load(self.obs, pos_key))
-                ori = as_float32_2d(self.load(self.obs, ori_key))
+                pos, ori = self.vector(self.obs, pos_key), self.vector(self.obs, ori_key)
                 return self.combine_pose(pos, ori, f"{self.prefix}/obs/{pos_key}+{ori_key}")
         return None
 

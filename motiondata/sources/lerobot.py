@@ -23,15 +23,20 @@ open between calls, so a source object is safe in forked workers.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 
 import numpy as np
 
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import SourceError, SpecError
-from motiondata.sources.base import (build_episode, check_choice, check_positive, error_unit, raise_if_error_unit,
-                                     require_path, source_errors)
+from motiondata.sources.base import (DEFAULT_MAX_ABS, build_episode, check_choice, check_max_abs, check_positive,
+                                     error_unit, listing_problem, raise_if_error_unit, require_path, source_errors)
+from motiondata.sources.lerobot_columns import checked_timestamps, decode_images, episode_row_groups, vector_column
 from motiondata.sources.video_decode import BACKENDS, read_frames_at_timestamps
+
+log = logging.getLogger(__name__)
 
 V3_DATA = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
@@ -62,6 +67,11 @@ class LeRobotSource:
         backend: video decoder, see ``motiondata.sources.video_decode``.
         episodes: episode indices to read (default all).
         language: override the instruction (default: the episode's task strings).
+        max_abs: an episode whose vector features hold ``|x| > max_abs`` is an error record (None: only values
+            beyond float32). Text columns are always a record, never parsed.
+
+    ``units()`` lists every ``episode_index`` once; duplicated ``meta/episodes`` rows are left out and
+    reported in ``self.listing_problems`` (see ``motiondata.sources.base``).
     """
 
     kind = "lerobot"
@@ -69,8 +79,11 @@ class LeRobotSource:
     def __init__(self, path: str, cameras: list[str] | None = None, state_key: str | None = "observation.state",
                  action_key: str | None = "action", ee_pose_key: str | None = None, joints_key: str | None = None,
                  gripper_key: str | None = None, tolerance_s: float = 1e-3, backend: str = "auto",
-                 episodes: list[int] | None = None, language: str | None = None):
+                 episodes: list[int] | None = None, language: str | None = None,
+                 max_abs: float | None = DEFAULT_MAX_ABS):
         self.path = require_path(path, self.kind)
+        self.max_abs = check_max_abs(max_abs)
+        self.listing_problems: list[dict] = []
         if cameras is not None and (isinstance(cameras, str) or not all(isinstance(c, str) for c in cameras)):
             raise SpecError(f"option cameras={cameras!r} must be a list of feature keys or camera names")
         if episodes is not None and not all(isinstance(e, int) and not isinstance(e, bool) for e in episodes):
@@ -111,8 +124,10 @@ class LeRobotSource:
         for key in ("fps", "features"):
             if key not in info:
                 raise SourceError(file, f"info.json has no {key!r}")
-        if not (isinstance(info["fps"], (int, float)) and info["fps"] > 0):
-            raise SourceError(file, f"info.json fps={info['fps']!r} is not a positive number")
+        fps = info["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise SourceError(file, f"info.json fps={fps!r} ({type(fps).__name__}) is not a positive number of "
+                                    "frames per second; set it to the recording rate, e.g. \"fps\": 30")
         return info
 
     @property
@@ -177,22 +192,39 @@ class LeRobotSource:
 
     # ---------------------------------------------------------------------------------------------- units
     def units(self) -> list[dict]:
+        """One unit per distinct ``episode_index``; duplicated rows go to ``self.listing_problems``."""
+        self.listing_problems = []
         name = os.path.basename(os.path.normpath(self.path))
         try:
             rows, cameras = self._episode_rows(), self.camera_keys()
         except SourceError as exc:
             return [error_unit(name, exc.file, exc.reason)]
-        units = []
-        for row in sorted(rows, key=lambda r: int(r.get("episode_index", -1))):
-            if self.episodes is None or row.get("episode_index") in self.episodes:
-                units.append(self._unit(row, cameras))
+        units, seen = [], {}
+        for number, row in enumerate(rows):
+            index = row.get("episode_index")
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                units.append(error_unit(f"episode_row_{number}", row["_meta_file"], f"episode row {number} has "
+                                        f"episode_index={index!r}, not an integer; fix meta/episodes"))
+            elif int(index) in seen:
+                self._duplicate(row, int(index), seen[int(index)])
+            else:
+                seen[int(index)] = row
+        for index in sorted(seen):
+            if self.episodes is None or index in self.episodes:
+                units.append(self._unit(seen[index], cameras))
         return units
 
+    def _duplicate(self, row: dict, index: int, first: dict) -> None:
+        same = {k: v for k, v in row.items() if k != "_meta_file"} == {k: v for k, v in first.items()
+                                                                         if k != "_meta_file"}
+        reason = (f"meta/episodes lists episode_index {index} more than once ({'identical' if same else 'differing'}"
+                  f" rows; the first, in {os.path.relpath(first['_meta_file'], self.path)}, is used, this one "
+                  "is ignored); remove the duplicate row")
+        log.warning("%s: %s", row["_meta_file"], reason)
+        self.listing_problems.append(listing_problem(row["_meta_file"], f"episode_{index:06d}", reason))
+
     def _unit(self, row: dict, cameras: dict[str, str]) -> dict:
-        meta_file = row["_meta_file"]
-        if "episode_index" not in row:
-            return error_unit("episode", meta_file, "an episode row has no episode_index")
-        index = int(row["episode_index"])
+        meta_file, index = row["_meta_file"], int(row["episode_index"])
         uid = f"episode_{index:06d}"
         try:
             unit = self._v3_unit(row, cameras) if self.is_v3 else self._v2_unit(row, cameras)
@@ -246,7 +278,7 @@ class LeRobotSource:
         with source_errors(file, uid, "reading LeRobot episode"):
             table = self._rows(unit)
             fields = {name: self._vector(table, key, file, uid) for name, key in self.vector_keys.items()}
-            times = np.asarray(table.column("timestamp").to_numpy(zero_copy_only=False), dtype=np.float64)
+            times = self._timestamps(table, file, uid)
             rgb = {name: self._camera(unit, table, key, times) for key, name in self.camera_keys().items()}
             tasks = self._tasks(table) or unit["tasks"]
         language = self.language if self.language is not None else "; ".join(tasks)
@@ -283,27 +315,15 @@ class LeRobotSource:
             raise SourceError(file, f"episode {index}: frame_index is not 0..{len(frames) - 1} (gaps or repeats)")
         return table
 
-    @staticmethod
-    def _vector(table, key: str, file: str, uid: str) -> np.ndarray:
-        """A list<float> (or scalar) column -> (T, D) float32."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+    def _timestamps(self, table, file: str, uid: str) -> np.ndarray:
+        return checked_timestamps(table.column("timestamp"), float(self._info()["fps"]), file, uid)
 
-        column = table.column(key).combine_chunks()
-        if column.null_count:
-            raise SourceError(file, f"column {key!r} has {column.null_count} null rows", episode=uid)
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) \
-                or pa.types.is_fixed_size_list(column.type):
-            lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
-            if len(lengths) > 1:
-                raise SourceError(file, f"column {key!r} rows have different lengths {lengths.tolist()}", episode=uid)
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            return np.asarray(values, dtype=np.float32).reshape(len(column), -1)
-        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), 1)
+    def _vector(self, table, key: str, file: str, uid: str) -> np.ndarray:
+        return vector_column(table.column(key), key, file, uid, self.max_abs)
 
     def _camera(self, unit: dict, table, key: str, times: np.ndarray) -> np.ndarray:
         if key not in unit["videos"]:
-            return _decode_images(table.column(key), key, self.path, unit["file"])
+            return decode_images(table.column(key), key, self.path, unit["file"])
         video = unit["videos"][key]
         file = self._file(video["file"])
         query = video["from_timestamp"] + times
@@ -344,35 +364,4 @@ class LeRobotSource:
         return {int(r["task_index"]): str(r["task"]) for r in rows}
 
 
-def episode_row_groups(metadata, index: int) -> list[int]:
-    """Row groups of a parquet file whose ``episode_index`` min/max statistics may include ``index``
-    (all of them when the file has no statistics)."""
-    groups = []
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        stats = next((row_group.column(c).statistics for c in range(row_group.num_columns)
-                      if row_group.column(c).path_in_schema == "episode_index"), None)
-        if stats is None or not stats.has_min_max or stats.min <= index <= stats.max:
-            groups.append(group)
-    return groups
-
-
-def _decode_images(column, key: str, root: str, file: str) -> np.ndarray:
-    """An ``image`` feature column (Hugging Face ``Image``: struct of PNG/JPEG bytes and a path) -> (T, H, W, 3)."""
-    import cv2
-
-    frames = []
-    for row, item in enumerate(column.to_pylist()):
-        data = item.get("bytes") if isinstance(item, dict) else item
-        if data is None and isinstance(item, dict) and item.get("path"):
-            path = item["path"] if os.path.isabs(item["path"]) else os.path.join(root, item["path"])
-            with open(path, "rb") as fh:
-                data = fh.read()
-        image = cv2.imdecode(np.frombuffer(data or b"", np.uint8), cv2.IMREAD_COLOR) if data else None
-        if image is None:
-            raise SourceError(file, f"image {key!r} at frame {row} cannot be decoded (no bytes or not an image)")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise SourceError(file, f"images of {key!r} have different sizes {sorted(shapes)}")
-    return np.stack(frames)
+__all__ = ["LeRobotSource", "camera_name", "episode_row_groups"]

@@ -8,7 +8,10 @@ forked workers never share a handle; one episode is sliced out of the arrays per
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import math
 import os
 from typing import Any
 
@@ -16,8 +19,10 @@ import numpy as np
 
 from motiondata.episode import Episode
 from motiondata.errors import SourceError, SpecError
-from motiondata.sources.base import (as_float32_2d, build_episode, check_positive, error_unit, images_to_uint8,
-                                     raise_if_error_unit, require_path, rotation_to_quat, source_errors)
+from motiondata.sources.base import (DEFAULT_MAX_ABS, build_episode, check_choice, check_max_abs, check_positive,
+                                     error_unit,
+                                     images_to_uint8, raise_if_error_unit, require_path, rotation_to_quat,
+                                     source_errors, vector_field)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 STATE_KEYS = ("state", "agent_pos", "robot_eef_pose", "robot_eef_pos", "eef_pos", "robot_state", "qpos")
 JOINT_KEYS = ("robot_joint", "joint_pos", "robot0_joint_pos")
 GRIPPER_KEYS = ("gripper_pos", "robot0_gripper_qpos", "gripper")
+MISSING_CHUNKS = ("auto", "error", "fill")
 
 
 class _Store:
@@ -60,6 +66,27 @@ def _keys(group: Any) -> list[str]:
     return sorted(group.array_keys())
 
 
+async def _exist(store: Any, keys: list[str]) -> list[bool]:
+    return list(await asyncio.gather(*(store.exists(k) for k in keys)))
+
+
+def missing_chunk_keys(array: Any, start: int, stop: int) -> list[str]:
+    """Storage keys (chunks, or shards when sharded; zarr v2 ``0.0`` or v3 ``c/0/0`` names) holding rows
+    ``start:stop`` of ``array`` that do not exist in its store. zarr reads a missing chunk as the fill value,
+    so a deleted chunk file would otherwise pass as data."""
+    from zarr.core.sync import sync
+
+    if stop <= start or not array.shape or array.shape[0] == 0:
+        return []
+    grid = getattr(array, "shards", None) or array.chunks
+    rows = range(start // grid[0], (min(stop, array.shape[0]) - 1) // grid[0] + 1)
+    others = [range(math.ceil(n / c)) for n, c in zip(array.shape[1:], grid[1:])]
+    keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(rows, *others)]
+    prefix = array.store_path.path
+    found = sync(_exist(array.store_path.store, [f"{prefix}/{k}" if prefix else k for k in keys]))
+    return [k for k, ok in zip(keys, found) if not ok]
+
+
 class ReplayBufferSource:
     """Episodes of a Diffusion Policy ``ReplayBuffer`` zarr.
 
@@ -72,13 +99,28 @@ class ReplayBufferSource:
         action_key: the action key (``"action"`` in DP); None: no actions.
         fps: the recording rate (DP's PushT and real-robot data run at 10 Hz); None: from ``data/timestamp``.
         language: the instruction for every episode (DP buffers hold none).
+        max_abs: an episode whose action/state/proprio values hold ``|x| > max_abs`` is an error record
+            (None: only values beyond float32). Text arrays are always a record, never parsed.
+        missing_chunks: what a chunk absent from the store means. zarr reads it as the fill value, so a
+            deleted chunk file would pass as data. ``"error"``: an episode touching one is an error record;
+            ``"fill"``: zarr's behaviour (for buffers written with ``write_empty_chunks=False``, where absent
+            chunks are all fill value); ``"auto"`` (default): ``"error"``, except for an array with no stored
+            chunk at all (an all-fill placeholder, e.g. a black camera written by zarr 3), which is read as
+            fill with a warning.
+
+    Rows after the last ``episode_end`` become one error unit (they belong to no episode); ``episode_ends``
+    must be 1-D, integer and non-decreasing (a repeated end is an empty episode, which is a record).
     """
 
     kind = "replay_buffer"
 
     def __init__(self, path: str, image_keys: list[str] | None = None, state_key: str | None = None,
-                 action_key: str | None = "action", fps: float | None = 10.0, language: str = ""):
+                 action_key: str | None = "action", fps: float | None = 10.0, language: str = "",
+                 max_abs: float | None = DEFAULT_MAX_ABS, missing_chunks: str = "auto"):
         self.path = require_path(path, self.kind)
+        self.max_abs = check_max_abs(max_abs)
+        check_choice("missing_chunks", missing_chunks, MISSING_CHUNKS)
+        self.missing_chunks = missing_chunks
         if image_keys is not None and (isinstance(image_keys, str) or not all(isinstance(k, str) for k in image_keys)):
             raise SpecError(f"option image_keys={image_keys!r} must be a list of data/ keys")
         check_positive("fps", fps)
@@ -93,22 +135,48 @@ class ReplayBufferSource:
         try:
             with _Store(self.path) as root:
                 ends = self._episode_ends(root)
+                rows = {k: int(root["data"][k].shape[0]) for k in _keys(root["data"]) if root["data"][k].shape}
         except SourceError as exc:
             return [error_unit(name, self.path, exc.reason)]
         except Exception as exc:  # noqa: BLE001 - not a zarr group, unreadable metadata
             return [error_unit(name, self.path, f"cannot open as a zarr replay buffer ({type(exc).__name__}: {exc})")]
         starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
-        return [{"id": f"episode_{i:06d}", "file": self.path, "episode": i, "start": int(s), "stop": int(e)}
-                for i, (s, e) in enumerate(zip(starts, ends))]
+        units = [{"id": f"episode_{i:06d}", "file": self.path, "episode": i, "start": int(s), "stop": int(e)}
+                 for i, (s, e) in enumerate(zip(starts, ends))]
+        return units + self._tail_units(ends, rows)
+
+    def _tail_units(self, ends: np.ndarray, rows: dict[str, int]) -> list[dict]:
+        """One error unit for data rows after the last episode end (they belong to no episode)."""
+        last = int(ends[-1]) if len(ends) else 0
+        longer = {k: n for k, n in rows.items() if n > last}
+        if not longer:
+            return []
+        total = max(longer.values())
+        names = ", ".join(f"data/{k} ({n})" for k, n in sorted(longer.items()))
+        reason = (f"rows {last}..{total - 1} belong to no episode: meta/episode_ends ends at {last} but {names} "
+                  f"hold more rows (an unfinished last episode?); they are not stored. Append {total} to "
+                  f"meta/episode_ends to keep them as an episode, or truncate data/ to {last} rows")
+        return [error_unit(f"rows_{last}_{total}", self.path, reason, start=last, stop=total)]
 
     def _episode_ends(self, root: Any) -> np.ndarray:
         if "meta" not in root or "episode_ends" not in root["meta"]:
             raise SourceError(self.path, "meta/episode_ends is missing; not a Diffusion Policy replay buffer")
         if "data" not in root:
             raise SourceError(self.path, "data/ group is missing; not a Diffusion Policy replay buffer")
-        ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64).reshape(-1)
-        if len(ends) and (np.any(np.diff(ends) < 0) or ends[0] < 0):
-            raise SourceError(self.path, f"meta/episode_ends is not non-decreasing: {ends[:10].tolist()}...")
+        raw = np.asarray(root["meta/episode_ends"][:])
+        fix = "rewrite it as a 1-D int64 array of exclusive end rows, one per episode"
+        if raw.ndim != 1:
+            raise SourceError(self.path, f"meta/episode_ends has shape {raw.shape}, not 1-D; {fix}")
+        if raw.dtype.kind not in "iu":
+            raise SourceError(self.path, f"meta/episode_ends has dtype {raw.dtype} (first values "
+                                         f"{raw[:5].tolist()}), not integers; {fix}")
+        ends = raw.astype(np.int64)
+        bad = np.flatnonzero(np.diff(np.concatenate([[0], ends])) < 0)
+        if len(bad):
+            i = int(bad[0])
+            before = int(ends[i - 1]) if i else 0
+            raise SourceError(self.path, f"meta/episode_ends decreases at index {i} ({before} -> {int(ends[i])}); "
+                                         f"ends must be non-decreasing row counts: {fix}")
         return ends
 
     def read(self, unit: dict) -> Episode:
@@ -120,7 +188,7 @@ class ReplayBufferSource:
             with _Store(self.path) as root:
                 data = root["data"]
                 fields = self._read_fields(data, uid, start, stop)
-                fps = self.fps or self._fps_from_timestamps(data, start, stop)
+                fps = self.fps or self._fps_from_timestamps(data, uid, start, stop)
         meta = {"file": self.path, "episode_index": int(unit["episode"]), "start": start, "stop": stop}
         return build_episode(self.path, uid, source=self.kind, fps=fps, language=self.language,
                              metadata=meta, **fields)
@@ -130,12 +198,33 @@ class ReplayBufferSource:
         if array.shape[0] < stop:
             raise SourceError(self.path, f"data/{key} has {array.shape[0]} rows but meta/episode_ends needs "
                                          f"{stop}; the buffer is truncated or inconsistent", episode=uid)
+        missing = self._missing_chunks(array, key, start, stop)
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise SourceError(self.path, f"field data/{key}: chunk(s) {shown} holding rows {start}:{stop} are missing "
+                                         f"from the store (zarr would read them as fill value {array.fill_value!r});"
+                                         " restore the file, or set missing_chunks: fill if they were never "
+                                         "written because they are all fill value", episode=uid)
         try:
             return np.asarray(array[start:stop])
         except Exception as exc:  # noqa: BLE001 - missing/corrupt chunk, unknown codec
             hint = " (install imagecodecs for DP's JPEG-2000 images)" if "codec" in str(exc).lower() else ""
             raise SourceError(self.path, f"cannot read data/{key}[{start}:{stop}]: {type(exc).__name__}: "
                                          f"{exc}{hint}", episode=uid) from exc
+
+    def _missing_chunks(self, array: Any, key: str, start: int, stop: int) -> list[str]:
+        if self.missing_chunks == "fill":
+            return []
+        missing = missing_chunk_keys(array, start, stop)
+        if missing and self.missing_chunks == "auto" and array.nchunks_initialized == 0:
+            log.warning("%s: data/%s has no stored chunk; reading it as fill value %r everywhere (set "
+                        "missing_chunks: error to refuse it)", self.path, key, array.fill_value)
+            return []
+        return missing
+
+    def _vector(self, data: Any, key: str, uid: str, start: int, stop: int) -> np.ndarray:
+        values = self._slice(data, key, uid, start, stop)
+        return vector_field(values, f"data/{key}", self.path, uid, self.max_abs)
 
     def _image_keys(self, data: Any, uid: str) -> list[str]:
         keys = _keys(data)
@@ -159,28 +248,32 @@ class ReplayBufferSource:
             if self.action_key not in keys:
                 raise SourceError(self.path, f"action key data/{self.action_key} missing (keys: {keys}); "
                                              "set action_key (or null for no actions)", episode=uid)
-            fields["actions"] = as_float32_2d(self._slice(data, self.action_key, uid, start, stop))
+            fields["actions"] = self._vector(data, self.action_key, uid, start, stop)
         state_key = self.state_key or next((k for k in STATE_KEYS if k in keys), None)
         if self.state_key and self.state_key not in keys:
             raise SourceError(self.path, f"state key data/{self.state_key} missing (keys: {keys})", episode=uid)
         if state_key:
-            fields["state"] = as_float32_2d(self._slice(data, state_key, uid, start, stop))
+            fields["state"] = self._vector(data, state_key, uid, start, stop)
         joint_key = next((k for k in JOINT_KEYS if k in keys), None)
         if joint_key:
-            fields["joints"] = as_float32_2d(self._slice(data, joint_key, uid, start, stop))
+            fields["joints"] = self._vector(data, joint_key, uid, start, stop)
         gripper_key = next((k for k in GRIPPER_KEYS if k in keys), None)
         if gripper_key:
-            fields["gripper"] = as_float32_2d(self._slice(data, gripper_key, uid, start, stop))
+            fields["gripper"] = self._vector(data, gripper_key, uid, start, stop)
         if "robot_eef_pose" in keys:
-            pose = as_float32_2d(self._slice(data, "robot_eef_pose", uid, start, stop))
+            pose = self._vector(data, "robot_eef_pose", uid, start, stop)
             if pose.shape[1] in (6, 7):  # DP real robot: xyz + rotation vector (UR5 TCP pose)
                 quat = rotation_to_quat(pose[:, 3:], "axis_angle").astype(np.float32)
                 fields["ee_pose"] = np.concatenate([pose[:, :3], quat], axis=1)
         return fields
 
-    def _fps_from_timestamps(self, data: Any, start: int, stop: int) -> float:
+    def _fps_from_timestamps(self, data: Any, uid: str, start: int, stop: int) -> float:
         if "timestamp" in _keys(data) and stop - start > 1:
-            times = np.asarray(data["timestamp"][start:stop], dtype=np.float64).reshape(-1)
+            times = np.asarray(self._slice(data, "timestamp", uid, start, stop)).reshape(-1)
+            if times.dtype.kind not in "iuf":
+                raise SourceError(self.path, f"data/timestamp has dtype {times.dtype}, not numbers; rewrite it as "
+                                             "float seconds or set the fps option", episode=uid)
+            times = times.astype(np.float64)
             step = float(np.median(np.diff(times)))
             if np.isfinite(step) and step > 0:
                 return 1.0 / step

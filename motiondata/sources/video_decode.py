@@ -1,15 +1,18 @@
-"""Video probing and frame decoding with two backends, each the other's fallback: decord and PyAV.
+"""Video probing and frame decoding: one decoder path, PyAV, that finds frames by presentation timestamp.
 
-decord indexes frames exactly after a seek (also in variable-frame-rate video) but fails on some codecs
-(AV1, the LeRobot v3 default) and frame widths (16, 24, 48, 72 px...), and may not be importable at all;
-PyAV (FFmpeg with dav1d) decodes everything FFmpeg does and is 2-4x faster on dense sequential reads.
-``backend="auto"`` picks the likely faster one per call (see ``read_frames``) and falls back to the other.
-A decoder is created inside every call and closed before it returns, so nothing is ever shared across
-forked loader workers.
-Every failure is raised as :class:`~motiondata.errors.SourceError` naming the file and the reason.
+Frame indices count the frames a file really holds, in presentation order from 0: frame ``i`` is the
+``i``-th frame of a sequential decode. They are looked up through the file's real timeline (packet
+timestamps, see :mod:`motiondata.sources.video_timeline`), never through the header's frame count or frame
+rate, which lie in truncated or variable-frame-rate files; see :mod:`motiondata.sources.video_pyav` for why
+every seek is verified. Frames come out upright: the display matrix (rotation metadata) is applied as the
+``ffmpeg`` CLI applies it. Timestamps are ``pts * time_base`` in seconds (the convention LeRobot's
+timestamps follow).
 
-Frame indices count frames in presentation order from 0. Timestamps are ``pts * time_base`` in seconds
-(the convention LeRobot's timestamps follow).
+``backend="decord"`` remains as an explicit opt-in (it ignores the display matrix and its frame-index seek
+returned frames from the wrong part of real AVI files); ``"auto"`` and ``"pyav"`` never use it for
+``read_frames``. A decoder is created inside every call and closed before it returns, so nothing is ever
+shared across forked loader workers. Every failure is a :class:`~motiondata.errors.SourceError` naming the
+file and the reason.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from motiondata.errors import SourceError
+from motiondata.sources.video_pyav import convert, decode_indices, frames_at_times
+from motiondata.sources.video_timeline import Timeline, scan_timeline
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
-NO_SEEK_FRAMES = 60  # reads starting within this many frames decode from the start, without a seek
+NO_SEEK_FRAMES = 60  # see _dense_from_start
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,6 +86,12 @@ def probe(path: str) -> dict:
     return info
 
 
+def timeline_of(path: str, until: int | None = None) -> Timeline:
+    """The file's real timeline (:func:`~motiondata.sources.video_timeline.scan_timeline`), after the
+    checks every reader makes (exists, not empty)."""
+    return scan_timeline(_check_file(path), until=until)
+
+
 def _resolve(n: int | None, start: int | None, stop: int | None, indices: Any) -> np.ndarray:
     if indices is not None:
         if start is not None or stop is not None:
@@ -122,67 +133,6 @@ def _decord_frames(path: str, start, stop, indices, threads: int, strict: bool) 
         del reader
 
 
-def _open_stream(path: str, threads: int):
-    import av
-
-    container = av.open(path)
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.thread_count = max(int(threads), 1)
-    return container, stream
-
-
-def _pyav_frames(path: str, start, stop, indices, threads: int, strict: bool) -> np.ndarray:
-    container, stream = _open_stream(path, threads)
-    height, width = int(stream.height), int(stream.width)
-    try:
-        found: dict[int, np.ndarray] = {}
-        if indices is None and stop is None and not stream.frames:  # frame count unknown: decode to the end
-            count = _decode_into(container, stream, None, int(start or 0), found)
-            idx = np.array(sorted(found), dtype=np.int64)
-        else:
-            idx = _resolve(int(stream.frames) or None, start, stop, indices)
-            wanted = np.unique(idx)
-            count = _decode_into(container, stream, wanted, int(wanted[0]) if wanted.size else 0, found)
-    finally:
-        container.close()
-    missing = ~np.isin(idx, np.fromiter(found, dtype=np.int64, count=len(found)))
-    if missing.any():
-        if strict:
-            raise SourceError(path, f"requested frame {int(idx[missing][0])} but decoding stopped after {count} "
-                                    "frames (truncated or corrupt video, or a wrong frame range)")
-        idx = idx[~missing]
-    if idx.size == 0:
-        return np.zeros((0, height, width, 3), np.uint8)
-    return np.stack([found[int(i)] for i in idx])
-
-
-def _decode_into(container, stream, wanted: np.ndarray | None, first: int, found: dict) -> int:
-    """Decode the frames in ``wanted`` (sorted unique indices; None: every frame from ``first`` on) into
-    ``found``; return how many frames the stream held up to where decoding stopped. Seeks when the first
-    wanted frame is far from the start (frame index from pts then, exact for constant-rate video)."""
-    if wanted is not None and wanted.size == 0:
-        return 0
-    fps = float(stream.average_rate or stream.base_rate or 0)
-    last = int(wanted[-1]) if wanted is not None else None
-    start_pts = stream.start_time or 0
-    seek = fps > 0 and stream.time_base is not None and first > 2 * fps
-    if seek:
-        container.seek(int(first / fps / stream.time_base) + start_pts, stream=stream, backward=True)
-    wanted_set = set(wanted.tolist()) if wanted is not None else None
-    counter = -1
-    for frame in container.decode(stream):
-        if seek and frame.pts is not None:
-            counter = int(round(float((frame.pts - start_pts) * stream.time_base) * fps))
-        else:
-            counter += 1
-        if (counter in wanted_set) if wanted_set is not None else counter >= first:
-            found[counter] = frame.to_ndarray(format="rgb24")
-        if last is not None and counter >= last:
-            break
-    return counter + 1
-
-
 def _order(backend: str, pyav_first: bool) -> list[str]:
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
@@ -207,27 +157,77 @@ def _run(path: str, funcs: dict, order: list[str], *args: Any) -> np.ndarray:
 
 
 def _dense_from_start(start: int | None, stop: int | None, indices: Any) -> bool:
-    """True when a read is a dense run that starts near frame 0: PyAV decodes those 2-4x faster than
-    decord's get_batch, and counts frames exactly (no seek). Sparse or late reads go to decord first
-    (exact frame indexing after a seek, also for variable-frame-rate video)."""
+    """True when a read is a dense run that starts near frame 0. No longer used by ``read_frames`` (which
+    seeks per run of wanted frames, see ``video_pyav.RUN_GAP``); kept while tests/test_sources_video.py
+    tests it."""
     if indices is None:
         return (start or 0) <= NO_SEEK_FRAMES
     idx = np.unique(np.asarray(indices, dtype=np.int64))
     return idx.size > 0 and int(idx[0]) <= NO_SEEK_FRAMES and idx.size >= 0.5 * (int(idx[-1]) - int(idx[0]) + 1)
 
 
+def decode_frames(path: str, indices: Any, *, timeline: Timeline | None = None, threads: int = 1):
+    """PyAV frames ``indices`` (any order, repeats allowed) as upright RGB, without raising for frames the
+    file does not hold: ``(frames, found, rotation)``, where ``frames`` holds only the found ones (in the
+    requested order), ``found`` is a mask over ``indices`` and ``rotation`` the display rotation applied
+    (as ffprobe reports it, degrees counter-clockwise).
+    ``timeline`` (from :func:`scan_timeline`, covering the last index) saves a second scan."""
+    path = _check_file(path)
+    idx = _resolve(None, None, None, indices)
+    if idx.size == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0, bool), 0
+    timeline = timeline if timeline is not None else scan_timeline(path, until=int(idx.max()))
+    wanted, inverse = np.unique(idx, return_inverse=True)
+    try:
+        frames, found, rotation = decode_indices(path, wanted, timeline, threads)
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many types for bad or odd files
+        raise SourceError(path, "could not decode the video (truncated, corrupt or unsupported codec); "
+                                f"pyav: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    found_idx = found[inverse]
+    if frames is None:
+        return np.zeros((0, 0, 0, 3), np.uint8), found_idx, rotation
+    if wanted.size == idx.size and found.all() and (np.diff(idx) > 0).all():
+        return frames[: idx.size], found_idx, rotation  # sorted unique: no gather copy
+    return frames[inverse[found_idx]], found_idx, rotation
+
+
+def _pyav_frames(path: str, start, stop, indices, threads: int, strict: bool) -> np.ndarray:
+    until = None if indices is None and stop is None else int(np.max(_resolve(0, start, stop, indices), initial=0))
+    timeline = scan_timeline(path, until=until)
+    idx = _resolve(timeline.frames, start, stop, indices)
+    frames, found, _ = decode_frames(path, idx, timeline=timeline, threads=threads)
+    if not found.all() and strict:
+        first = int(idx[~found][0])
+        reason = (f"only {timeline.frames} frames could be decoded" if first >= timeline.frames
+                  else f"frame {first} is in the file's timeline but did not decode")
+        raise SourceError(path, f"requested frame {first} but {reason} (truncated or corrupt video, or a "
+                                "wrong frame range); read with strict=False to keep the frames that decode")
+    return frames if frames.shape[0] else _no_frames(path)
+
+
+def _no_frames(path: str) -> np.ndarray:
+    """``(0, H, W, 3)`` with the stream's coded size."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return np.zeros((0, int(stream.height), int(stream.width), 3), np.uint8)
+
+
 def read_frames(path: str, start: int | None = None, stop: int | None = None, indices: Any = None, *,
                 backend: str = "auto", threads: int = 1, strict: bool = True) -> np.ndarray:
     """Decode frames ``start .. stop - 1`` (default: all) or the given ``indices`` (any order, repeats
-    allowed) into a ``(T, H, W, 3) uint8`` RGB array.
+    allowed) into a ``(T, H, W, 3) uint8`` upright RGB array.
 
-    ``backend="auto"`` tries PyAV first for dense reads near the start of the file and decord first
-    otherwise; either falls back to the other. ``strict=False`` drops requested frames past the last
-    decodable one instead of raising (useful when the frame count was only estimated from the duration).
+    ``backend="auto"``/``"pyav"``: PyAV, frames found by pts (see the module docstring); ``"decord"``:
+    decord only (opt-in, unverified). ``threads=0`` lets FFmpeg use every core. ``strict=False`` drops
+    requested frames the file does not hold instead of raising.
     """
     _resolve(start or 0, start, stop, indices)  # bad arguments: ValueError, before decoding
     path = _check_file(path)
-    order = _order(backend, _dense_from_start(start, stop, indices))
+    order = ["pyav"] if backend == "auto" else _order(backend, True)
     funcs = {"decord": _decord_frames, "pyav": _pyav_frames}
     return _run(path, funcs, order, start, stop, indices, threads, strict)
 
@@ -266,7 +266,8 @@ def _decord_at_times(path: str, query: np.ndarray, tolerance_s: float, threads: 
         times = times + _start_seconds(path)
         order = np.argsort(times, kind="stable")
         sorted_times = times[order]
-        pos = np.clip(np.searchsorted(sorted_times, query), 1, len(times) - 1) if len(times) > 1 else np.zeros(len(query), int)
+        pos = (np.clip(np.searchsorted(sorted_times, query), 1, len(times) - 1) if len(times) > 1
+               else np.zeros(len(query), int))
         left = np.maximum(pos - 1, 0)
         pick = np.where(np.abs(sorted_times[left] - query) <= np.abs(sorted_times[pos] - query), left, pos)
         nearest = order[pick]
@@ -285,23 +286,8 @@ def _start_seconds(path: str) -> float:
 
 
 def _pyav_at_times(path: str, query: np.ndarray, tolerance_s: float, threads: int) -> np.ndarray:
-    container, stream = _open_stream(path, threads)
-    best_time = np.full(query.shape, np.inf)
-    best: list = [None] * len(query)
-    try:
-        lo, hi = float(query.min()) - tolerance_s, float(query.max()) + tolerance_s
-        if stream.time_base is not None and lo > 0:
-            container.seek(int(lo / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if frame.time is None:
-                raise SourceError(path, "decoded frames carry no timestamps; re-mux the video with ffmpeg")
-            better = np.abs(frame.time - query) < np.abs(best_time - query)
-            for i in np.flatnonzero(better):
-                best_time[i], best[i] = frame.time, frame
-            if frame.time > hi:
-                break
-        _check_tolerance(path, query, best_time, tolerance_s)
-        converted: dict[int, np.ndarray] = {}
-        return np.stack([converted.setdefault(id(f), f.to_ndarray(format="rgb24")) for f in best])
-    finally:
-        container.close()
+    best, best_time = frames_at_times(path, query, tolerance_s, threads)
+    if best is None:
+        raise SourceError(path, "decoded frames carry no timestamps; re-mux the video with ffmpeg")
+    _check_tolerance(path, query, best_time, tolerance_s)
+    return convert(path, best)

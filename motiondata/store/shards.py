@@ -10,7 +10,11 @@ writes to a temporary name beside the final path that it renames only when the t
 crash never leaves a half-written shard under the final name.
 
 ``iter_shard`` reads with the standard ``tarfile`` module and fails loudly (``StoreError`` naming the
-shard and the key) on a truncated or corrupt tar, where ``tarfile`` alone would silently stop early.
+shard and the key) on a truncated or corrupt tar, where ``tarfile`` alone would silently stop early. It
+reads plain tars only (a gzip/bzip2/xz/zstd file is refused, never decompressed), refuses member names
+that are absolute or climb out with ``..``, and decodes ``.npy`` members with
+:func:`motiondata.store.npy_member.load_npy`, which checks a header against the bytes it describes before
+allocating anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,7 +32,8 @@ import numpy as np
 from motiondata.errors import StoreError
 from motiondata.store.layout import atomic_path
 from motiondata.store.manifest import schema_problems
-from motiondata.store.sample_codec import decode_value, sample_members, split_member
+from motiondata.store.npy_member import decode_member, member_name_problem, refuse_compressed
+from motiondata.store.sample_codec import sample_members, split_member
 
 log = logging.getLogger(__name__)
 _SKIP = object()  # stands for a member whose field was not asked for
@@ -179,33 +185,46 @@ def _check_end(tar: tarfile.TarFile, raw: Any, shard: str, last_key: str | None)
                          "(delete it and its .json manifest, then resume the job)", shard=shard, key=last_key)
 
 
-def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, shard: str, key: str) -> bytes:
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, shard: str, key: str, file_size: int) -> bytes:
     if not info.isfile():
         raise StoreError(f"member {info.name!r} is not a regular file; shards hold only files",
                          shard=shard, key=key)
+    if info.offset_data + info.size > file_size:  # never ask read() for more than the file holds
+        raise StoreError(f"member {info.name!r} declares {info.size} bytes, past the end of the file (truncated "
+                         "or corrupt); rewrite the shard", shard=shard, key=key)
     fobj = tar.extractfile(info)
     assert fobj is not None
     return fobj.read()
 
 
+def _member_parts(info: tarfile.TarInfo, shard: str, key: str | None) -> tuple[str, str, str]:
+    problem = member_name_problem(info.name)
+    if problem is not None:
+        raise StoreError(f"{problem}; the shard is corrupt or crafted: rewrite it", shard=shard, key=key)
+    return split_member(info.name.removeprefix("./"))
+
+
 def iter_members(path: str | Path) -> Iterator[tuple[str, str, str, bytes]]:
     """Yield ``(key, field, ext, raw bytes)`` for every member, in tar order, checking the tar's end.
-    Raises ``StoreError(shard=..., key=...)`` on a truncated or corrupt tar."""
+    Raises ``StoreError(shard=..., key=...)`` on a truncated, corrupt or compressed tar and on member
+    names that are absolute, hold ``..`` or a ``/``, or are not ``<key>.<field>.<ext>``."""
     path = Path(path)
     shard, key = path.stem, None
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
-            for info in tar:
-                key, name, ext = split_member(info.name)
-                if not name or not ext:
-                    raise StoreError(f"member {info.name!r} is not '<key>.<field>.<ext>'", shard=shard, key=key)
-                yield key, name, ext, _read_member(tar, info, shard, key)
-            _check_end(tar, raw, shard, key)
+        with open(path, "rb") as raw:
+            refuse_compressed(raw.read(8), shard)
+            raw.seek(0)
+            size = os.fstat(raw.fileno()).st_size
+            with tarfile.open(fileobj=raw, mode="r:") as tar:
+                for info in tar:
+                    key, name, ext = _member_parts(info, shard, key)
+                    yield key, name, ext, _read_member(tar, info, shard, key, size)
+                _check_end(tar, raw, shard, key)
     except StoreError as err:
         if err.shard is None:
             raise StoreError(str(err), shard=shard, key=key) from err
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as err:
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError, MemoryError) as err:
         raise StoreError(f"unreadable member ({type(err).__name__}: {err}); the shard is truncated or "
                          "corrupt: rewrite it", shard=shard, key=key) from err
 
@@ -217,7 +236,7 @@ def _decoded(path: Path, fields: set[str] | None) -> Iterator[tuple[str, str, An
             yield key, name, _SKIP
             continue
         try:
-            yield key, name, decode_value(ext, data)
+            yield key, name, decode_member(ext, data)
         except (ValueError, StoreError) as err:
             raise StoreError(f"field {name!r} cannot be decoded ({err}); the shard is corrupt: rewrite it",
                              shard=shard, key=key) from err

@@ -24,6 +24,7 @@ import numpy as np
 
 from motiondata.errors import MotionDataError
 from motiondata.pipeline.stage import config_hash_of
+from motiondata.pipeline.tables import Table, needed_frames, pad_rows
 from motiondata.tokenize.chunking import PAD_MODES, chunks_at, horizon_steps
 from motiondata.tokenize.fast import NORM_STATS, FastTokenizer
 from motiondata.tokenize.normalize import QuantileNormalize, load_norm_stats, stats_for
@@ -60,6 +61,32 @@ class FastStage:
     universal: dict | str | None = None
     pad: str = "repeat"
     name: str = "fast"
+    prefix: str | None = None  # `as:`: output names <prefix>.tokens / <prefix>.chunk_mask (default fast)
+    chunk_stride: int | None = None  # recipe mode: a chunk every N frames (default: where the recipe reads)
+
+    def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Recipe mode: ``<as>.tokens`` (chunk axis; rows of variable length, with lengths) and
+        ``<as>.chunk_mask`` (rows ``(H,)``), one row per chunk start."""
+        episode, prefix = item["episode"], self.prefix or "fast"
+        starts = sorted(set(needed_frames(item, f"{prefix}.tokens", self.chunk_stride)) |
+                        set(needed_frames(item, f"{prefix}.chunk_mask", self.chunk_stride)))
+        actions = self.source_actions(episode)
+        horizon = horizon_steps(self.horizon, self.horizon_seconds, episode.fps)
+        tokenizer = load_tokenizer_cached(str(Path(self.tokenizer)))
+        self._check_dims(tokenizer, actions.shape[1], horizon)
+        frames = np.asarray(starts, dtype=np.int64)
+        if not starts:
+            item["tables"][f"{prefix}.tokens"] = Table(np.zeros((0, 0), np.int32), frames, "chunk",
+                                                       np.zeros(0, np.int32))
+            item["tables"][f"{prefix}.chunk_mask"] = Table(np.zeros((0, horizon), np.uint8), frames, "chunk")
+            return item
+        chunks, masks = chunks_at(actions, starts, horizon, self.pad)  # type: ignore[arg-type]
+        normaliser = self.normaliser(actions.shape[1])
+        ids = tokenizer.encode(chunks if normaliser is None else normaliser.apply(chunks))
+        values, lengths = pad_rows([np.asarray(t, np.int32) for t in ids], np.int32)
+        item["tables"][f"{prefix}.tokens"] = Table(values, frames, "chunk", lengths)
+        item["tables"][f"{prefix}.chunk_mask"] = Table(np.stack(masks).astype(np.uint8), frames, "chunk")
+        return item
 
     def __post_init__(self) -> None:
         if self.pad not in PAD_MODES:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from motiondata.errors import MotionDataError
 from motiondata.loader.streaming import StreamingLoader, available_fields
 from motiondata.loader.transfer import resolve_device
 from motiondata.store.layout import atomic_path
 from motiondata.train.model import HEAD_FIELDS, LatentMotionModel, ModelSpec, spec_from_batch
+from motiondata.usage import OneLineArgumentParser, UsageError, one_line
 
 log = logging.getLogger("motiondata.train")
 
@@ -81,19 +84,85 @@ class TrainConfig:
     resume: str = _opt("", "checkpoint to resume from; 'auto' = OUT/ckpt.pt when it exists")
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="motiondata train", description="Train a latent-motion model on a store.")
+POSITIVE = ("batch_size", "d_model", "n_layers", "n_heads", "patch", "max_steps", "fast_vocab", "keyframe_codes",
+            "log_every")
+NON_NEGATIVE = ("num_workers", "shuffle_buffer", "warmup_steps", "ckpt_every", "grad_clip", "weight_decay", "dropout")
+CHOICES = {"on_corrupt": ("skip", "raise"), "partial": ("drop", "wrap", "auto")}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="motiondata train", description="Train a latent-motion model on a store.")
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + f" (default {f.default})")
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                                help=f.metadata["help"] + f" (default {f.default})")
+    parser.add_argument("--steps", dest="max_steps", type=int, default=argparse.SUPPRESS, help="same as --max-steps")
+    return parser
+
+
+def _value_problem(cfg: TrainConfig) -> str | None:
+    """The first out-of-range value, as '<flag> <value>: <what is allowed>'."""
+    for name, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{_flag(name)} {value}: must be a finite number"
+    bad = [n for n in POSITIVE if getattr(cfg, n) < 1] + [n for n in NON_NEGATIVE if getattr(cfg, n) < 0]
+    if bad:
+        return f"{_flag(bad[0])} {getattr(cfg, bad[0])}: must be {'>= 1' if bad[0] in POSITIVE else '>= 0'}"
+    ranges = (("lr", cfg.lr > 0, "> 0"), ("min_lr_ratio", 0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
+              ("dropout", cfg.dropout < 1, "< 1"))
+    for name, ok, allowed in ranges:
+        if not ok:
+            return f"{_flag(name)} {getattr(cfg, name)}: must be {allowed}"
+    if cfg.d_model % cfg.n_heads:
+        return f"--d-model {cfg.d_model} is not a multiple of --n-heads {cfg.n_heads}; pick values that divide"
+    unknown = [h for h in cfg.heads.split(",") if h.strip() and h.strip() not in HEAD_FIELDS] \
+        if cfg.heads != "auto" else []
+    if unknown:
+        return f"--heads: unknown head(s) {unknown}; use auto or a comma list of {','.join(HEAD_FIELDS)}"
+    return None
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """The config the flags describe; every bad flag or value raises a one-line ``UsageError``."""
+    cfg = TrainConfig(**vars(_parser().parse_args(argv)))
     if not cfg.store:
-        parser.error("--store DIR is required (a store built with `motiondata build`)")
+        raise UsageError("--store DIR is required (a store built with `motiondata build`); see `motiondata train -h`")
+    problem = _value_problem(cfg)
+    if problem:
+        raise UsageError(problem)
     return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """``config_from_args``; a bad flag prints one line on stderr and exits 2 (no usage dump)."""
+    try:
+        return config_from_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"error: {one_line(exc)}\n")
+        raise SystemExit(2) from None
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Flags that name things which must exist: the store, the device, the checkpoint to resume."""
+    local = "://" not in cfg.store and not any(c in cfg.store for c in "*?[")
+    if local and not Path(cfg.store).exists():
+        raise UsageError(f"--store {cfg.store} does not exist; pass the --out folder of a `motiondata build`")
+    if cfg.resume and cfg.resume != "auto" and not Path(cfg.resume).is_file():
+        raise UsageError(f"--resume {cfg.resume}: no such checkpoint; pass the ckpt.pt of an earlier run or auto")
+    try:
+        device = resolve_device(cfg.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {cfg.device}: {exc}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {cfg.device}: no CUDA GPU on this machine; use --device cpu or auto")
 
 
 # ----------------------------------------------------------------------------- 2. data
@@ -275,12 +344,25 @@ def log_record(record: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``motiondata train``."""
+    """Entry point of ``motiondata train``: 0 done, 1 a data problem, 2 a bad flag, 130 interrupted."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if log.getEffectiveLevel() > logging.INFO:  # the CLI sets WARNING for the library; training logs are the output
         log.setLevel(logging.INFO)
-    train(parse_args(argv))
+    cfg = parse_args(argv)
+    try:
+        check_paths(cfg)
+        train(cfg)
+    except UsageError as exc:
+        sys.stderr.write(f"error: {one_line(exc)}\n")
+        return 2
+    except (MotionDataError, ValueError, FileNotFoundError) as exc:
+        log.debug("training stopped", exc_info=True)
+        sys.stderr.write(f"error: {one_line(exc)}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted; rerun with --resume auto to continue from {Path(cfg.out) / 'ckpt.pt'}\n")
+        return 130
     return 0
 
 
