@@ -145,3 +145,16 @@ def test_reshard_refuses_and_leaves_nothing_behind(built, tmp_path):
     with pytest.raises(SpecError, match="add the stage"):
         reshard(out, {"fields": {"m": {"from": "motion_tokens.codes"}}}, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_lockstep_batch_encode_matches_one_episode_at_a_time(one_torch_thread):
+    from motiondata.encode.vae import load_video_vae
+    from motiondata.encode.vae_tables import stream_encode_wan, stream_encode_wan_batch
+
+    vae = load_video_vae(str(REPO / "tokenizers/vae/demo-wan"), "wan", "cpu", "fp32", None)
+    rng = np.random.default_rng(1)
+    clips = [rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for n in (9, 21, 14)]
+    batched = stream_encode_wan_batch(vae, clips)
+    for clip, z in zip(clips, batched):
+        np.testing.assert_allclose(z, stream_encode_wan(vae, clip), atol=1e-4)
+    assert [len(z) for z in batched] == [3, 6, 4]

@@ -6,9 +6,11 @@ are invalid). Fields added to every sample:
 
 - ``flow.tracks`` ``(grid*grid, steps, 3) float16``: per-step ``(du, dv, dd)`` (see ``motiondata.encode.flow``),
   in [-1, 1] when ``normalize`` (LaMP's bounds), zero where invalid;
-- ``flow.valid`` ``(grid*grid, steps) uint8``: 1 where the delta is valid;
+- ``flow.valid`` ``(grid*grid, steps) uint8``: 0 invalid, 1 tracked, 2 static background inferred
+  (``static: infer``, see ``motiondata.encode.flow_static``; ``static: off`` gives only 0/1);
 - ``flow.query`` ``int``: the query frame's index in the episode;
-- ``flow.depth_source`` ``str``: ``"sensor"``, ``"model"`` or ``"missing"`` (``dd`` is 0 when missing).
+- ``flow.depth_source`` ``str``: ``"sensor"``, ``"model:metric"``, ``"model:relative"`` or ``"missing"``
+  (``dd`` is 0 when missing). In recipe mode it is kept in the episode's Zarr attributes.
 """
 
 from __future__ import annotations
@@ -57,8 +59,17 @@ class FlowStage:
     occlusion_threshold: float = 0.03
     occlusion_radius: int = 4
     name: str = "flow"
+    static: str = "infer"  # "infer": unchanged, depth-steady points are valid static background (code 2); "off"
+    static_threshold: float | None = 6.0
+    static_depth_tol: float = 0.01
+    static_radius: int = 4
     prefix: str | None = None  # `as:`: output names <prefix>.tracks / .valid (default flow)
     query_stride: int | None = None  # recipe mode: a query every N frames (default: where the recipe reads)
+
+    def resources(self) -> dict[str, float]:
+        """Ray actor resources: a GPU share only with a learned tracker or a depth model."""
+        learned = ":" in self.tracker or (self.depth_model is not None and self.depth in ("auto", "model"))
+        return {"num_gpus": 0.5 if learned else 0.0}
 
     def __post_init__(self) -> None:
         for key in ("steps", "grid"):
@@ -70,6 +81,8 @@ class FlowStage:
             raise ValueError("flow stage: horizon != steps needs resample_path (e.g. 0.05) to map it onto steps")
         if self.depth not in ("auto", "sensor", "model", "none"):
             raise ValueError(f"flow stage: depth {self.depth!r}: use 'auto', 'sensor', 'model' or 'none'")
+        if self.static not in ("infer", "off"):
+            raise ValueError(f"flow stage: static {self.static!r}: use 'infer' or 'off'")
         if not isinstance(self.tracker, str):
             raise TypeError("flow stage: tracker must be a string: 'lk', 'dis' or 'package.module:factory'")
 
@@ -94,7 +107,9 @@ class FlowStage:
         result = compute_flow(frames, queries, depth, steps=self.steps, grid=self.grid, tracker=tracker,
                               margin=self.margin, occlusion_threshold=self.occlusion_threshold,
                               occlusion_radius=self.occlusion_radius, horizon=self.horizon,
-                              resample_path=self.resample_path, normalize=self.normalize, bounds=self.bounds)
+                              resample_path=self.resample_path, normalize=self.normalize, bounds=self.bounds,
+                              static=self.static, static_threshold=self.static_threshold,
+                              static_depth_tol=self.static_depth_tol, static_radius=self.static_radius)
         return result, provider.source
 
     def build_tables(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +121,8 @@ class FlowStage:
         points = self.grid * self.grid
         if queries:
             result, source = self._flow(episode, queries)
-            tracks, valid = result.tracks.astype(np.float16), result.valid.astype(np.uint8)
+            tracks, valid = result.tracks.astype(np.float16), result.valid_code.astype(np.uint8)
+            item.setdefault("attrs", {})[f"{prefix}.depth_source"] = source
         else:
             tracks, valid = np.zeros((0, points, self.steps, 3), np.float16), np.zeros((0, points, self.steps), np.uint8)
         frames = np.asarray(queries, dtype=np.int64)
@@ -118,23 +134,15 @@ class FlowStage:
         episode, windows, samples = item["episode"], item["windows"], item["samples"]
         if not windows:
             return item
-        camera = self.pick_camera(episode)
-        frames = episode.rgb[camera]
-        provider = select_depth(self.depth, camera in episode.depth, self.depth_model, self.device)
-        depth = provider.estimate(frames, episode.depth.get(camera))
-        tracker = make_tracker(self.tracker, fb_threshold=self.fb_threshold, **dict(self.tracker_options or {}))
         queries = sorted({int(w.start) for w in windows})
-        result = compute_flow(frames, queries, depth, steps=self.steps, grid=self.grid, tracker=tracker,
-                              margin=self.margin, occlusion_threshold=self.occlusion_threshold,
-                              occlusion_radius=self.occlusion_radius, horizon=self.horizon,
-                              resample_path=self.resample_path, normalize=self.normalize, bounds=self.bounds)
+        result, source = self._flow(episode, queries)
         row = {q: i for i, q in enumerate(queries)}
         for window, sample in zip(windows, samples):
             i = row[int(window.start)]
             sample[TRACKS_FIELD] = result.tracks[i].astype(np.float16)
-            sample[VALID_FIELD] = result.valid[i].astype(np.uint8)
+            sample[VALID_FIELD] = result.valid_code[i].astype(np.uint8)
             sample[QUERY_FIELD] = int(window.start)
-            sample[DEPTH_SOURCE_FIELD] = provider.source
-        log.debug("flow: episode %s camera %s, %d query frames, depth %s, %.1f%% valid", episode.id, camera,
-                  len(queries), provider.source, 100.0 * float(result.valid.mean()) if result.valid.size else 0.0)
+            sample[DEPTH_SOURCE_FIELD] = source
+        log.debug("flow: episode %s, %d query frames, depth %s, %.1f%% valid", episode.id, len(queries), source,
+                  100.0 * float(result.valid.mean()) if result.valid.size else 0.0)
         return item

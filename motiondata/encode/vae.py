@@ -200,6 +200,7 @@ class VaeStage(EncoderMixin):
     device: str = "auto"
     batch_size: int = 4
     name: str = "vae"
+    num_gpus = 1.0  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     kind: str = "wan"
     subfolder: str | None = None
     size: list | None = None
@@ -219,6 +220,12 @@ class VaeStage(EncoderMixin):
         from motiondata.encode.vae_tables import vae_tables
 
         return vae_tables(self, item)
+
+    def build_tables_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Recipe mode over several episodes of a shard at once (lockstep causal encode)."""
+        from motiondata.encode.vae_tables import vae_tables_batch
+
+        return vae_tables_batch(self, items)
 
     def load(self) -> VideoVae:
         return load_video_vae(self.model, self.kind, self.device, self.dtype, self.subfolder)

@@ -115,6 +115,12 @@ def _loaders(stage: Any) -> Iterator[tuple[str, str, Callable[[], Any]]]:
         yield f"model {getattr(stage, 'model', '')}".strip(), "model:", stage.load
     if callable(getattr(stage, "codec", None)):
         yield f"weights {getattr(stage, 'weights', '')}".strip(), "config: and weights:", stage.codec
+    depth_model = getattr(stage, "depth_model", None)
+    if isinstance(depth_model, str) and getattr(stage, "depth", None) in ("model", "auto"):
+        from motiondata.encode.flow_depth import MonocularDepth
+
+        device = getattr(stage, "device", "auto")
+        yield f"depth model {depth_model}", "depth_model:", lambda: MonocularDepth(depth_model, device=device).load()
 
 
 def load_stage_models(spec: JobSpec, device: str | None = None) -> None:

@@ -67,6 +67,17 @@ class BoundStage:
 
     stage: Any
     sources: tuple[str, ...] | None = None
+    plugin: str | None = None  # ``package.module:factory`` of a plugin stage (None: shipped)
+    version: str | None = None  # the plugin package's installed version
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The stage's line in ``manifest.json``: name, config hash, source filter, plugin and version."""
+        entry: dict[str, Any] = {"name": self.stage.name, "config_hash": self.stage.config_hash()}
+        if self.sources is not None:
+            entry["sources"] = list(self.sources)
+        if self.plugin:
+            entry.update(plugin=self.plugin, version=self.version)
+        return entry
 
     def applies_to(self, source_name: str) -> bool:
         return self.sources is None or source_name in self.sources
@@ -88,7 +99,9 @@ def build_stage(params: dict[str, Any]) -> BoundStage:
     if unknown:
         raise SpecError(f"stage {name!r}: unknown parameter(s) {unknown}; valid parameters: {', '.join(allowed)}")
     try:
-        return BoundStage(cls(**params), tuple(sources) if sources is not None else None)
+        plugin = None if name in STAGES else name
+        return BoundStage(cls(**params), tuple(sources) if sources is not None else None, plugin,
+                          plugin_version(name))
     except (TypeError, ValueError) as exc:
         raise SpecError(f"stage {name!r}: {exc}; valid parameters: {', '.join(allowed)}") from exc
 

@@ -347,8 +347,7 @@ def _job_document(spec: JobSpec, manifests: dict[int, dict[str, Any]], result: J
     job = {
         "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
         "spec_hash": spec.hash(), "software": software_versions(),
-        "stages": [{"name": b.stage.name, "config_hash": b.stage.config_hash(),
-                    **({"sources": list(b.sources)} if b.sources is not None else {})} for b in job_stages(spec)],
+        "stages": [b.manifest_entry() for b in job_stages(spec)],
         "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
                     "sha256": m["sha256"]} for _, m in sorted(manifests.items())],
         "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,

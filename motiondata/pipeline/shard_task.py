@@ -20,10 +20,11 @@ from motiondata.errors import SourceError
 from motiondata.pipeline import isolation
 from motiondata.pipeline.plan import ShardPlan, episode_id_for, open_spec_source, stage_hashes, unit_key
 from motiondata.pipeline.registry import build_stages
+from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP, encode_group
 from motiondata.pipeline.recipe import cut_samples, recipe_of
 from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.stage import Window
-from motiondata.pipeline.table_build import episode_info, run_stage, start_item, zarr_payload
+from motiondata.pipeline.table_build import episode_info, zarr_payload
 from motiondata.pipeline.resume import remove_episode_groups
 from motiondata.pipeline.transforms import Resize, SelectCameras, WindowSamples
 from motiondata.store import layout
@@ -93,13 +94,13 @@ class ShardBuilder:
         return None
 
     def encode(self, episode: Episode, file: str) -> dict[str, Any] | None:
-        item = start_item(episode, self.recipe) if self.recipe else self.windowing({"episode": episode})
+        item = self.windowing({"episode": episode})
         for bound in self.stages:
             if not bound.applies_to(episode.source):
                 continue
             stage = bound.stage
             try:
-                item = run_stage(stage, item) if self.recipe else stage(item)
+                item = stage(item)
             except Exception as exc:
                 log.warning("stage %s failed on %s: %s", stage.name, episode.id, exc)
                 self.errors.append(error_record(file, episode.id, stage.name, f"{type(exc).__name__}: {exc}"))
@@ -124,7 +125,7 @@ class ShardBuilder:
         attrs.update({"id": episode.id, "source": episode.source, "fps": float(episode.fps),
                       "language": episode.language, "length": episode.length, "cameras": episode.cameras,
                       "metadata": episode.metadata, "anchors": [s["meta"]["anchor"] for s in item["samples"]],
-                      "recipe": self.recipe.to_dict()})
+                      "recipe": self.recipe.to_dict(), **item.get("attrs", {})})
         write_episode(self.out, episode.id, arrays, attrs)
         for name in VECTOR_FIELDS:
             if getattr(episode, name) is not None:
@@ -154,20 +155,43 @@ class ShardBuilder:
             if getattr(episode, name) is not None:
                 self.stats.update(name, getattr(episode, name))
 
+    def recipe_samples(self) -> Iterator[dict[str, Any]]:
+        """Recipe mode: read a group of units, run the stages over the group (batched where a stage can),
+        then cut, store and emit each episode in plan order."""
+        units = list(self.plan.units)
+        for start in range(0, len(units), EPISODES_PER_GROUP):
+            group = [(e, ep) for e in units[start:start + EPISODES_PER_GROUP] if (ep := self.read(e)) is not None]
+            if group:  # a crash inside the batched stages is blamed on the group's first unit
+                self.current = {**group[0][0], "episode": group[0][1].id}
+                isolation.mark_progress(self.out, self.plan.index, group[0][0].get("key") or group[0][1].id)
+            for entry, item in encode_group(self.stages, self.recipe, group, self.errors.append):
+                self.current = {**entry, "episode": item["episode"].id}
+                isolation.mark_progress(self.out, self.plan.index, entry.get("key") or item["episode"].id)
+                if self.cut(item, entry["unit"].get("file", "")):
+                    yield from self.emit(item)
+
     def samples(self) -> Iterator[dict[str, Any]]:
+        if self.recipe:
+            yield from self.recipe_samples()
+            return
         for entry in self.plan.units:
             episode = self.read(entry)
             if episode is None:
                 continue
             item = self.encode(episode, entry["unit"].get("file", ""))
-            if item is None or (self.recipe and not self.cut(item, entry["unit"].get("file", ""))):
+            if item is None:
                 continue
-            self.store_episode(item)
-            self.episodes.append(episode.id)
-            for window, sample in zip(item["windows"], item["samples"]):
-                self.records.append({"key": sample["__key__"], "episode": episode.id,
-                                     "window": window.index, "status": "ok"})
-                yield {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"}
+            yield from self.emit(item)
+
+    def emit(self, item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Store one encoded episode (Zarr group, stats) and yield its samples, recording each."""
+        episode: Episode = item["episode"]
+        self.store_episode(item)
+        self.episodes.append(episode.id)
+        for window, sample in zip(item["windows"], item["samples"]):
+            self.records.append({"key": sample["__key__"], "episode": episode.id,
+                                 "window": window.index, "status": "ok"})
+            yield {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"}
 
     def build(self) -> dict[str, Any]:
         tar = layout.shard_tar(self.out, self.plan.index)
