@@ -119,7 +119,7 @@ def latent_store(windows: list[tuple[str, int, int]], out: Path, per_shard: int 
                     "status": "ok"} for s in chunk]
         write_shard_manifest(out, index, {
             "tar": tar.name, "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": len(chunk),
-            "keys": [s["__key__"] for s in chunk], "samples": records, "fields": info["fields"],
+            "keys": [s["__key__"] for s in chunk], "samples": records, "fields": info["fields"], "members": info["members"],
             "episodes": sorted({r["episode"] for r in records}), "units": [], "errors": [], "spec_hash": "bench"})
         entries.append({"shard": shard_name(index), "tar": f"{SHARDS_DIR}/{tar.name}", "num_samples": len(chunk),
                         "sha256": info["sha256"]})
@@ -253,7 +253,9 @@ def trainer_run(store: Path, workdir: Path, **overrides: Any) -> dict[str, float
     from motiondata.train.train import TrainConfig, train
 
     base = dict(store=str(store), out=str(workdir / "train"), d_model=64, n_layers=2, n_heads=4, batch_size=16,
-                max_steps=30, warmup_steps=5, num_workers=2, device="cpu", log_every=10, ckpt_every=0)
+                max_steps=30, warmup_steps=5, num_workers=2, device="cpu", log_every=10, ckpt_every=0,
+                leak_check="off", held_out=0.0, inputs="vae.latents,text.embedding",  # windowed store: no meta.frames
+                targets="zm=motion.zm,flow=flow.tracks,fast=fast.tokens,keyframes=keyframes.codes")
     base.update(overrides)
     records = train(TrainConfig(**base))
     steady = records[1:] or records  # the first interval includes worker start-up

@@ -102,7 +102,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = _run_options(args, run_job)
     # with --json, stdout carries the one JSON object only: anything else printed meanwhile goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        preflight.load_stage_models(spec, device="cpu" if args.executor == "ray" else None)
+        preflight.load_stage_models(spec, device="cpu" if args.executor in ("ray", "ray-stages") else None)
         with OutLock(out):
             try:
                 result = run_job(spec, out, ray_address=args.ray_address, executor=args.executor,
@@ -173,6 +173,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
     report = _validate_report(args.dir, deep=not args.quick)
+    if getattr(args, "decode", None) is not None:
+        report = _with_decode_checks(report, args)
     problems = [str(p) for p in report["problems"]]
     code = EXIT_DATA if problems else EXIT_OK
     if args.json:
@@ -192,22 +194,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return code
 
 
+def _with_decode_checks(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``validate --decode N``: decode spot checks (motiondata.store.validate_decode) added to the report."""
+    from motiondata.store.validate_decode import validate_decode
+
+    if args.decode < 1:
+        raise UsageError(f"--decode {args.decode}: pass how many windows to decode per stage, e.g. --decode 4")
+    overrides = {"vae_psnr": args.min_vae_psnr, "keyframe_psnr": args.min_keyframe_psnr,
+                 "flow_valid": args.min_flow_valid}
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        decoded = validate_decode(args.dir, args.decode, overrides, max_latents=args.max_latents)
+    return {**report, "problems": list(report["problems"]) + decoded.problems,
+            "decode": {"checks": decoded.checks, "thresholds": decoded.thresholds}}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from motiondata.inspect.report import render_report
-    from motiondata.inspect.summary import summarize
+    from motiondata.inspect.summary import episode_summary, summarize
 
     if not Path(args.dir).is_dir():
         raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
-    summary = summarize(args.dir, episode=args.episode)
+    if args.episode:
+        from motiondata.inspect.episode_text import print_episode
+
+        detail = episode_summary(args.dir, args.episode)
+        if args.json:
+            sys.stdout.write(json.dumps({"episode": detail}, indent=2, default=str) + "\n")
+        else:
+            print_episode(detail, console)
+        return 0
+    summary = summarize(args.dir)
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         return 0
     sys.stdout.write(render_report(summary))
-    if args.episode:
-        detail = summary["episode"]
-        console.print(f"episode {detail['id']} ({detail['windows']} windows, {detail['shard']})", markup=False)
-        for name, desc in sorted(detail["arrays"].items()):
-            console.print(f"  {name:28s} {desc['dtype']:10s} {tuple(desc['shape'])}", markup=False)
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    if not Path(args.store).is_dir():
+        raise UsageError(f"{args.store} is not a folder; pass the --out folder of a `motiondata build`")
+    max_latents = None if args.max_latents == 0 else args.max_latents
+    if args.rerun:
+        from motiondata.inspect.view_rerun import write_rrd
+
+        path = write_rrd(args.store, args.rerun, episodes=args.episode, max_latents=max_latents)
+        console.print(f"wrote {path}; open it with `rerun {path}`", markup=False, highlight=False)
+        return 0
+    from motiondata.inspect.view_html import render_store
+
+    out = Path(args.out or Path(args.store) / "view")
+    result = render_store(args.store, out, episodes=args.episode, max_latents=max_latents)
+    console.print(f"wrote {result.index} ({len(result.pages)} episodes in {result.total_seconds:.1f}s)",
+                  markup=False, highlight=False)
     return 0
 
 
@@ -233,6 +272,19 @@ def cmd_reshard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from motiondata.export.lerobot import export_lerobot
+
+    summary = export_lerobot(args.store, args.out_dir, repo_id=args.repo_id, sources=args.source or None,
+                             codec=args.codec, crf=args.crf)
+    if args.json:
+        sys.stdout.write(json.dumps({"ok": True, **summary}) + "\n")
+    else:
+        console.print(f"exported {summary['episodes']} episodes ({summary['frames']} frames, {summary['fps']} fps) "
+                      f"to {summary['out']} as LeRobot v3.0", markup=False)
+    return 0
+
+
 def cmd_train(rest: list[str]) -> int:
     from motiondata.train.train import main as train_main
 
@@ -247,7 +299,7 @@ def _add_build(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--input", help="replace the path of the spec's single source")
     b.add_argument("--out", help="output directory (default: spec `output:` or out/NAME)")
     b.add_argument("--ray-address", help="connect to an existing Ray cluster (default: start a local one)")
-    b.add_argument("--executor", choices=("ray", "local"), default="ray",
+    b.add_argument("--executor", choices=("ray", "ray-stages", "local"), default="ray",
                    help="`local` builds shards in this process, without Ray")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the result (or the error) as one JSON object")
@@ -256,6 +308,28 @@ def _add_build(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--rebuild-changed", action="store_true",
                    help="rebuild the shards whose inputs changed instead of refusing")
     b.set_defaults(func=cmd_build)
+
+
+def _add_decode_flags(v: Any) -> None:
+    v.add_argument("--decode", type=int, metavar="N", help="decode N sampled windows per stage with the store's "
+                   "own models (VAE/keyframe PSNR, FAST round trip, flow valid share); figures go to report.md")
+    v.add_argument("--min-vae-psnr", type=float, help="--decode: VAE reconstruction threshold in dB (default 20)")
+    v.add_argument("--min-keyframe-psnr", type=float, help="--decode: VQGAN keyframe threshold in dB (default 18)")
+    v.add_argument("--min-flow-valid", type=float, help="--decode: least valid share of flow point-steps (0.2)")
+    v.add_argument("--max-latents", type=int, default=8, help="--decode: causal VAE latent frames decoded per "
+                   "episode (VAE windows are sampled among them)")
+
+
+def _add_view(sub: Any, common: argparse.ArgumentParser) -> None:
+    w = sub.add_parser("view", parents=[common], help="offline HTML report (or a rerun .rrd) of a store's "
+                       "episodes with every token decoded back beside the raw data")
+    w.add_argument("store")
+    w.add_argument("--episode", action="append", help="only this episode (repeatable; default: all)")
+    w.add_argument("--out", help="folder for the HTML report (default: STORE/view)")
+    w.add_argument("--rerun", metavar="FILE.rrd", help="write a rerun recording instead of HTML")
+    w.add_argument("--max-latents", type=int, default=8, help="causal VAE latent frames decoded per episode "
+                   "(0: all; decoding is the slow part on CPU)")
+    w.set_defaults(func=cmd_view)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--quick", action="store_true", help="skip decoding every member")
     v.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_decode_flags(v)
     v.set_defaults(func=cmd_validate)
+    _add_view(sub, common)
     i = sub.add_parser("inspect", parents=[common], help="episodes, windows, fields, stats and errors of a store")
     i.add_argument("dir")
     i.add_argument("--episode")
@@ -291,6 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recipe", required=True, help="a spec YAML (its `samples:` block) or a bare samples YAML")
     r.add_argument("--out", required=True, help="a new, empty folder")
     r.set_defaults(func=cmd_reshard)
+    e = sub.add_parser("export", parents=[common], help="write a store in another ecosystem's format")
+    e_sub = e.add_subparsers(dest="format", required=True)
+    lr = e_sub.add_parser("lerobot", parents=[common], help="a LeRobot v3.0 dataset (docs/export.md)")
+    lr.add_argument("store", help="a store built by `motiondata build`")
+    lr.add_argument("out_dir", help="a new or empty folder")
+    lr.add_argument("--repo-id", help="the dataset's repo id (default local/<OUT_DIR name>)")
+    lr.add_argument("--source", action="append", help="export only this source's episodes (repeatable)")
+    lr.add_argument("--codec", default="libx264", help="video encoder (PyAV/FFmpeg name, default libx264)")
+    lr.add_argument("--crf", type=int, default=10, help="video quality: lower is better (default 10)")
+    lr.add_argument("--json", action="store_true", help="print the summary (or the error) as one JSON object")
+    lr.set_defaults(func=cmd_export)
     sub.add_parser("train", help="train the slim latent-motion model on a store (see `motiondata train -h`)",
                    add_help=False)
     return parser

@@ -2,7 +2,7 @@
 
 It declares ``num_gpus`` like a real model stage, sleeps ``sleep`` seconds per model call (one call per
 batch of episodes through ``encode_items``, or per episode through ``__call__``), adds a deterministic
-field ``standin.mean`` to every sample, and appends one JSON line per call to ``log_dir/<pid>.jsonl``:
+field ``<field>.mean`` to every sample, and appends one JSON line per call to ``log_dir/<pid>.jsonl``:
 the process's Ray GPU ids, ``CUDA_VISIBLE_DEVICES``, start/end times and how many episodes it took.
 """
 
@@ -34,6 +34,7 @@ class StandInEncoder:
     sleep: float = 0.0
     log_dir: str | None = None
     gpus: float = 1.0
+    field: str = "standin"
     name: str = "standin"
 
     @property
@@ -41,7 +42,7 @@ class StandInEncoder:
         return self.gpus
 
     def config_hash(self) -> str:
-        return config_hash_of({"sleep": self.sleep, "name": self.name})  # log_dir/gpus do not change outputs
+        return config_hash_of({"sleep": self.sleep, "name": self.name, "field": self.field})  # log_dir/gpus do not change outputs
 
     def _log(self, start: float, episodes: int) -> None:
         if not self.log_dir:
@@ -52,13 +53,12 @@ class StandInEncoder:
         with path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line) + "\n")
 
-    @staticmethod
-    def _add(item: dict[str, Any]) -> dict[str, Any]:
+    def _add(self, item: dict[str, Any]) -> dict[str, Any]:
         episode = item["episode"]
         frames = np.stack([f for f in episode.rgb.values()]) if episode.rgb else np.zeros((1, 1), np.uint8)
         for window, sample in zip(item["windows"], item["samples"]):
             chunk = frames[:, window.start:window.stop].astype(np.float32)
-            sample["standin.mean"] = np.asarray([chunk.mean(), chunk.std()], dtype=np.float32)
+            sample[f"{self.field}.mean"] = np.asarray([chunk.mean(), chunk.std()], dtype=np.float32)
         return item
 
     def encode_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

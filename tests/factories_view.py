@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -54,3 +58,30 @@ def tiny_view_store(tmp: Path, episodes: int = 2, frames: int = 24) -> Path:
     out = tmp / "store"
     run_job(load_spec(path), out, executor="local", show_progress=False)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def shared_view_store() -> Path:
+    """One tiny store per test process (built on first use), shared by the viewer test files; copy it
+    before changing anything (``copy_store``)."""
+    tmp = Path(tempfile.mkdtemp(prefix="motiondata_view_"))
+    return tiny_view_store(tmp)
+
+
+def copy_store(tmp: Path) -> Path:
+    dest = tmp / "store_copy"
+    shutil.copytree(shared_view_store(), dest)
+    return dest
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread (fair to a shared machine) for module-scoped fixtures."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

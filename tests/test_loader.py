@@ -193,3 +193,59 @@ def test_cuda_prefetch_moves_pinned_batches(store):
     batches = list(loader)
     assert all(b["vae.latents"].is_cuda for b in batches)
     assert to_device({"a": torch.ones(2)}, "cuda")["a"].is_cuda
+
+
+# ----------------------------------------------------------------------------- offset index, selection (issue 13)
+
+def _equal_batches(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k, v in x.items():
+            assert (torch.equal(v, y[k]) and v.dtype == y[k].dtype) if isinstance(v, torch.Tensor) else v == y[k], k
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_offset_index_batches_equal_the_sequential_reader(store, workers):
+    fields = FIELDS + ["motion.zm", "flow.tracks", "flow.valid", "actions"]
+    _equal_batches(StreamingLoader(store, 3, fields, num_workers=workers, shuffle_buffer=5),
+                   StreamingLoader(store, 3, fields, num_workers=workers, shuffle_buffer=5, fast=False))
+
+
+def test_member_index_comes_from_the_manifest_and_a_stale_one_is_ignored(store, tmp_path, monkeypatch):
+    import json
+
+    from motiondata.loader import member_index
+    from motiondata.store import layout
+    from motiondata.store.shards import iter_shard, write_shard
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    samples = list(iter_shard(layout.shard_tar(copy, 0)))
+    info = write_shard(layout.shard_tar(copy, 0), samples)
+    manifest = json.loads(layout.shard_manifest(copy, 0).read_text())
+    layout.shard_manifest(copy, 0).write_text(json.dumps({**manifest, "members": info["members"], "bytes": info["bytes"]}))
+    scanned = member_index.scan_members(str(layout.shard_tar(copy, 0)))
+    assert [(n, o, s) for n, o, s in scanned][:3] == [(f"{samples[0]['__key__']}.{m}", o, s)
+                                                      for m, o, s in info["members"][0][:3]]
+    monkeypatch.setattr(member_index, "scan_members", lambda path: pytest.fail("scanned despite the manifest index"))
+    shard = resolve_shards(copy)[0]
+    assert member_index.shard_index(shard).samples[0][0] == samples[0]["__key__"]
+    layout.shard_manifest(copy, 0).write_text(json.dumps({**manifest, "members": info["members"], "bytes": 1}))
+    member_index._CACHE.clear()
+    with pytest.raises(pytest.fail.Exception, match="scanned"):  # bytes disagree with the file: not trusted
+        member_index.shard_index(shard)
+
+
+def test_episode_selection_plans_only_those_samples(store):
+    keys = store_keys(store)
+    episode = keys[0].rsplit("_w", 1)[0]
+    loader = StreamingLoader(store, 2, FIELDS, episodes=[episode], shuffle=False)
+    assert flat(keys_of(loader)) == [k for k in keys if k.startswith(episode + "_")]
+    assert loader.dataset.total == sum(k.startswith(episode + "_") for k in keys)
+
+
+def test_ragged_recipe_fields_are_padded_on_every_axis():
+    a = {"__key__": "a", "t": np.ones((2, 3), np.int32), "t.len": np.array([3, 1], np.int32)}
+    b = {"__key__": "b", "t": np.ones((2, 5), np.int32), "t.len": np.array([5, 2], np.int32)}
+    batch = collate_samples([a, b])
+    assert batch["t"].shape == (2, 2, 5) and int(batch["t"][0].sum()) == 6 and "t.mask" not in batch

@@ -179,9 +179,9 @@ def test_unique_ids_disambiguates_collisions():
 
 
 def test_open_source_errors(tmp_path, libero):
-    assert {"hdf5", "replay_buffer", "video", "lerobot"} <= set(SOURCE_KINDS)
-    with pytest.raises(SpecError, match="valid kinds: hdf5, lerobot, replay_buffer, video"):
-        open_source("rlds", str(libero))
+    assert {"hdf5", "replay_buffer", "video", "lerobot", "rlds"} <= set(SOURCE_KINDS)
+    with pytest.raises(SpecError, match="valid kinds: hdf5, lerobot, replay_buffer, rlds, video"):
+        open_source("tfds", str(libero))
     with pytest.raises(SpecError, match=r"no option\(s\) \['flipp'\]"):
         open_source("hdf5", str(libero), flipp=True)
     with pytest.raises(SpecError, match="flip"):

@@ -1,4 +1,6 @@
-"""Slim trainer: loss falls on a tiny store (CPU), resume continues the sample order, heads follow the store."""
+"""Slim trainer on a windowed factory store (``--leak-check off``, fields named by flag): loss falls on CPU,
+resume continues the sample order, heads follow the store. The recipe-store objectives (leak check,
+masks, held-out metrics vs baselines) are in tests/test_train_objectives.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from motiondata.train.train import TrainConfig, parse_args, train
+from motiondata.usage import UsageError
 from tests.factories_loader import CODES, FAST_VOCAB, make_store
 
 
@@ -19,12 +22,14 @@ def store(tmp_path_factory) -> Path:
 def tiny(store: Path, out: Path, **overrides) -> TrainConfig:
     base = dict(store=str(store), out=str(out), d_model=32, n_layers=1, n_heads=2, batch_size=8, max_steps=40,
                 lr=3e-3, warmup_steps=5, num_workers=0, device="cpu", log_every=5, ckpt_every=0,
-                fast_vocab=FAST_VOCAB, keyframe_codes=CODES, shuffle_buffer=16)
+                fast_vocab=FAST_VOCAB, keyframe_codes=CODES, shuffle_buffer=16, leak_check="off", held_out=0.0,
+                inputs="vae.latents,text.embedding", targets=WINDOW_TARGETS)
     base.update(overrides)
     return TrainConfig(**base)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+WINDOW_TARGETS = "zm=motion.zm,flow=flow.tracks,fast=fast.tokens,keyframes=keyframes.codes"
 
 
 def step_losses(records):
@@ -78,9 +83,9 @@ def test_heads_without_fields_are_skipped(tmp_path):
     assert set(records[-1]["heads"]) == {"zm", "total"}
 
 
-def test_store_without_latents_or_with_large_ids_is_refused(tmp_path, store):
+def test_store_without_the_inputs_or_with_large_ids_is_refused(tmp_path, store):
     flow_only = make_store(tmp_path / "store", episodes=2, windows=4, fields=["flow.tracks", "flow.valid"])
-    with pytest.raises(ValueError, match="vae.latents"):
+    with pytest.raises(UsageError, match="has none of them"):
         train(tiny(flow_only, tmp_path / "run"))
     with pytest.raises(ValueError, match="--fast-vocab"):
         train(tiny(store, tmp_path / "run2", fast_vocab=4))
@@ -88,8 +93,9 @@ def test_store_without_latents_or_with_large_ids_is_refused(tmp_path, store):
 
 def test_cli_flags_come_from_the_config_fields():
     cfg = parse_args(["--store", "s", "--batch-size", "4", "--no-bf16", "--compile", "--heads", "zm,fast",
-                      "--lr", "0.01"])
+                      "--lr", "0.01", "--steps", "7", "--leak-check", "off"])
     assert (cfg.store, cfg.batch_size, cfg.bf16, cfg.compile, cfg.heads, cfg.lr) == ("s", 4, False, True, "zm,fast", 0.01)
+    assert (cfg.max_steps, cfg.leak_check) == (7, "off")
     with pytest.raises(SystemExit):
         parse_args([])
 

@@ -13,6 +13,9 @@ depth (when depth exists), or it is occluded: its depth jumped by more than ``oc
 (relative) since the previous step, or an occluding depth edge nearer than the point by that much lies
 within ``occlusion_radius`` px (the tracker's window sees the occluder; LK and DIS then drag the point
 along the occluder's silhouette). Once invalid, always invalid; invalid entries are exactly zero.
+With ``static="infer"`` (default; needs depth) a point the tracker lost on a textureless, unchanged,
+depth-steady neighbourhood is valid as static background with zero ``(du, dv)`` (``flow_static``);
+``valid_code`` tells tracked (1) from static-inferred (2) entries.
 """
 
 from __future__ import annotations

@@ -98,6 +98,7 @@ class ImageEmbedStage(EncoderMixin):
     pooled: bool = True
     stride: int | None = None  # a row every N frames (default: the frames the recipe reads)
     name: str = "image_embed"
+    num_gpus = 0.5  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     device: str = "auto"
     dtype: str = "fp32"
     batch_size: int = 32

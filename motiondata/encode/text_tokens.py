@@ -69,6 +69,7 @@ class TextTokensStage(EncoderMixin):
     field: str = "language"
     max_length: int = 64
     name: str = "text_tokens"
+    num_gpus = 0.5  # GPUs per model copy in a Ray actor pool (class attribute, not a parameter)
     device: str = "auto"
     dtype: str = "fp32"
     prefix: str | None = None  # `as:`: tables <prefix>.tokens / <prefix>.mask (default text_tokens)

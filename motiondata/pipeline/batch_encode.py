@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 EPISODES_PER_GROUP = 4  # bounds memory: a group's decoded episodes are held together
 
 
-def _batched(stage: Any, items: list[dict[str, Any]]) -> bool:
+def run_batched(stage: Any, items: list[dict[str, Any]]) -> bool:
     batch = getattr(stage, "build_tables_batch", None)
     if batch is None or len(items) < 2:
         return False
@@ -39,7 +39,7 @@ def encode_group(stages: list[Any], recipe: Any, group: list[tuple[dict[str, Any
     alive = list(range(len(items)))
     for bound in stages:
         members = [i for i in alive if bound.applies_to(items[i]["episode"].source)]
-        if _batched(bound.stage, [items[i] for i in members]):
+        if run_batched(bound.stage, [items[i] for i in members]):
             continue
         for i in members:
             try:

@@ -7,6 +7,7 @@ rerun over the same store reaches the same verdict.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,23 +20,99 @@ log = logging.getLogger(__name__)
 NOT_STAGES = ("read", "plan", "shard")  # error stages that are about one input, never about a stage
 
 
-def merge_stats(out: Path, indices: list[int]) -> tuple[dict[str, Any], list[str]]:
-    """openpi norm stats merged from the shards' partials, field by field. A field whose layout differs
-    from earlier shards (action width 7 vs 5000) is left out for that shard and named, never a crash."""
+CHUNK = 512  # shards merged per leaf of the stats tree (fixed: the result must not depend on the machine)
+
+
+def _fold(merged: dict[str, Any], sketches: dict[str, list], name: str, field_stats: Any) -> None:
+    """Add one shard's field to a leaf: moments merged in order (as before), sketch buckets collected and
+    added once at the end (bucket counts are integers: exact in any order)."""
+    import dataclasses
+
+    import numpy as np
+
+    bare = dataclasses.replace(field_stats, pos=(np.zeros(0, np.int64),) * 2, neg=(np.zeros(0, np.int64),) * 2)
+    merged[name].merge(bare)
+    sketches[name].append((field_stats.pos, field_stats.neg))
+
+
+def _add_buckets(pairs: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    import numpy as np
+
+    if not pairs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    unique, inverse = np.unique(np.concatenate([k for k, _ in pairs]), return_inverse=True)
+    counts = np.zeros(len(unique), np.int64)
+    np.add.at(counts, inverse, np.concatenate([c for _, c in pairs]))
+    return unique, counts
+
+
+def merge_leaf(out: str, indices: list[int], expected: dict[str, int] | None = None
+               ) -> tuple[RunningStats | None, dict[str, int], list[str]]:
+    """Merge the partials of ``indices`` in order. A field whose width differs from ``expected`` (else from
+    the first shard of the leaf holding it) is left out for that shard and named."""
+    from motiondata.store.stats import _FieldStats
+
     merged: RunningStats | None = None
-    conflicts = []
+    fields: dict[str, Any] = {}
+    sketches: dict[str, list] = defaultdict(list)
+    dims, conflicts = dict(expected or {}), []
     for index in indices:
         part = read_partial_stats(out, index)
         if part is None:
             continue
         merged = merged or RunningStats(part.alpha, part.zero_threshold)
         for name, field_stats in part.fields.items():
-            single = RunningStats(part.alpha, part.zero_threshold)
-            single.fields = {name: field_stats}
-            try:
-                merged.merge(single)
-            except ValueError as err:
-                conflicts.append(f"{layout.shard_name(index)}: {err}")
+            dims.setdefault(name, field_stats.dim)
+            if field_stats.dim != dims[name]:
+                conflicts.append(f"{layout.shard_name(index)}: stats field {name!r}: got {field_stats.dim} dims, "
+                                 f"earlier data had {dims[name]}; keep one layout per field (pad to the universal "
+                                 "layout first)")
+                continue
+            fields.setdefault(name, _FieldStats.empty(field_stats.dim))
+            _fold(fields, sketches, name, field_stats)
+    for name, stats in fields.items():
+        stats.pos = _add_buckets([p for p, _ in sketches[name]])
+        stats.neg = _add_buckets([n for _, n in sketches[name]])
+    if merged is not None:
+        merged.fields = dict(sorted(fields.items(), key=lambda kv: list(dims).index(kv[0])))
+    return merged, dims, conflicts
+
+
+def _leaves(out: Path, chunks: list[list[int]]) -> list[tuple[RunningStats | None, dict[str, int], list[str]]]:
+    if len(chunks) == 1:
+        return [merge_leaf(str(out), chunks[0])]
+    import concurrent.futures
+    import multiprocessing
+
+    workers = min(len(chunks), os.cpu_count() or 1)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    try:  # fork: no re-import of the caller's __main__; the children only parse JSON and add arrays
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            return list(pool.map(merge_leaf, [str(out)] * len(chunks), chunks))
+    except (OSError, concurrent.futures.process.BrokenProcessPool) as exc:
+        log.warning("stats: parallel merge unavailable (%s); merging in this process", exc)
+        return [merge_leaf(str(out), chunk) for chunk in chunks]
+
+
+def merge_stats(out: Path, indices: list[int]) -> tuple[dict[str, Any], list[str]]:
+    """openpi norm stats merged from the shards' partials, field by field, as a two-level tree: leaves of
+    ``CHUNK`` shards merged in parallel processes, then the leaves in order. A field whose layout differs
+    from earlier shards (action width 7 vs 5000) is left out for that shard and named, never a crash."""
+    chunks = [indices[i:i + CHUNK] for i in range(0, len(indices), CHUNK)] or [[]]
+    leaves = _leaves(out, chunks)
+    first: dict[str, int] = {}
+    for _, dims, _ in leaves:
+        for name, dim in dims.items():
+            first.setdefault(name, dim)
+    merged: RunningStats | None = None
+    conflicts = []
+    for chunk, leaf in zip(chunks, leaves):
+        if any(first[name] != dim for name, dim in leaf[1].items()):  # rare: redo it with the job's widths
+            leaf = merge_leaf(str(out), chunk, first)
+        stats, _, found = leaf
+        conflicts.extend(found)
+        if stats is not None:
+            merged = stats if merged is None else merged.merge(stats)
     for conflict in conflicts:
         log.warning("stats: %s; the shard's values are left out of stats.json", conflict)
     return (merged.norm_stats() if merged is not None else {"norm_stats": {}}), conflicts

@@ -11,7 +11,9 @@ reproduces the same shards; adding a file that sorts first only adds a shard aft
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import itertools
 import logging
@@ -44,7 +46,7 @@ class ShardPlan:
     def inputs(self) -> list[dict[str, Any]]:
         """What the shard manifest records per unit: key, episode id, file and input fingerprint."""
         return [{"unit": u["key"], "episode": u["episode"], "file": str(u["unit"].get("file", "")),
-                 "fingerprint": u["fingerprint"]} for u in self.units]
+                 "fingerprint": fingerprint_of(u)} for u in self.units]
 
 
 def episode_id_for(source_name: str, unit_id: str) -> str:
@@ -78,22 +80,34 @@ def _listing_records(src: Any, source: Any) -> list[dict[str, Any]]:
         if not isinstance(problem, dict):
             problem = {"reason": str(problem)}
         episode, unit = problem.get("episode"), problem.get("unit", problem.get("episode"))
+        stage = "skip" if problem.get("skipped") else "plan"  # left out on purpose (a static clip): not damage
         records.append(error_record(problem.get("file", src.path),
-                                    None if episode is None else episode_id_for(src.name, str(episode)), "plan",
+                                    None if episode is None else episode_id_for(src.name, str(episode)), stage,
                                     str(problem.get("reason", problem)),
                                     unit=None if unit is None else unit_key(src.name, str(unit))))
     return records
 
 
-def _entry(index: int, name: str, path: str, unit: dict[str, Any], cache: dict) -> dict[str, Any]:
+def fingerprint_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """The unit's input fingerprint, computed now if planning deferred it (units no manifest records yet:
+    the shard task fingerprints what it is about to read, so planning a million units stats no file)."""
+    if entry.get("fingerprint") is None:
+        entry["fingerprint"] = unit_fingerprint(entry["unit"], entry["path"], {})
+    return entry["fingerprint"]
+
+
+def _entry(index: int, name: str, path: str, unit: dict[str, Any], cache: dict, eager: Any) -> dict[str, Any]:
     uid = str(unit["id"])
-    return {"source": index, "unit": unit, "key": unit_key(name, uid), "episode": episode_id_for(name, uid),
-            "fingerprint": unit_fingerprint(unit, path, cache)}
+    key = unit_key(name, uid)
+    fingerprint = unit_fingerprint(unit, path, cache) if eager is True or key in eager else None
+    return {"source": index, "unit": unit, "key": key, "episode": episode_id_for(name, uid),
+            "fingerprint": fingerprint, "path": path}
 
 
-def list_units(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def list_units(spec: JobSpec, eager: Any = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """All units in spec order (with key, episode id, fingerprint), and error records for sources that
-    could not be listed at all or reported listing problems."""
+    could not be listed at all or reported listing problems. ``eager``: True, or the unit keys whose
+    fingerprint is computed now (the others on first use, ``fingerprint_of``)."""
     units, errors, cache = [], [], {}
     for i, src in enumerate(spec.sources):
         try:
@@ -106,7 +120,7 @@ def list_units(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         errors.extend(_listing_records(src, source))
         if not listed:
             errors.append(error_record(src.path, None, "plan", "no episodes or videos found under this path"))
-        units.extend(_entry(i, src.name, src.path, u, cache) for u in listed)
+        units.extend(_entry(i, src.name, src.path, u, cache, eager) for u in listed)
     return units, errors
 
 
@@ -135,6 +149,17 @@ def unique_units(entries: list[dict[str, Any]], recorded: set[str] = frozenset()
     return [entries[i] for i in sorted(kept)], errors
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _free_indices(used: set[int]) -> Iterator[int]:
     return (i for i in itertools.count() if i not in used)
 
@@ -145,8 +170,9 @@ def plan_shards(spec: JobSpec, recorded: dict[int, list[str]] | None = None
     in ``--out``) pins those units to their shards; the other units fill the free indices in order."""
     recorded = recorded or {}
     owner = {key: index for index, keys in recorded.items() for key in keys}
-    entries, errors = list_units(spec)
-    entries, clashes = unique_units(entries, set(owner))
+    with _no_gc():  # millions of small dicts: the cyclic collector would rescan them over and over
+        entries, errors = list_units(spec, eager=set(owner))
+        entries, clashes = unique_units(entries, set(owner))
     by_index: dict[int, list[dict[str, Any]]] = {index: [] for index in recorded}
     fresh = []
     for entry in entries:

@@ -52,13 +52,10 @@ def check_sources(spec: JobSpec) -> None:
 
 
 def check_frames(spec: JobSpec) -> None:
-    """``frames.mode`` other than stretch needs a Resize transform that implements it (never silently ignored)."""
+    """``frames.mode`` must be one the Resize transform implements (never silently ignored)."""
     from motiondata.pipeline.transforms import Resize
 
-    mode = getattr(spec, "frame_mode", None)
-    if mode not in (None, "stretch") and "mode" not in {f.name for f in dataclasses.fields(Resize)}:
-        raise SpecError(f"frames.mode: {mode} is not implemented in this version (frames are stretched to "
-                        "frames.size); drop `mode:` or use mode: stretch")
+    Resize(spec.frame_size, spec.frame_mode or "crop")  # raises SpecError naming crop / pad / stretch
 
 
 def _stage_output(params: dict[str, Any]) -> str:

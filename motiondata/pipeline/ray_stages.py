@@ -29,7 +29,7 @@ from motiondata.pipeline.resume import remove_episode_groups
 from motiondata.pipeline.shard_task import ShardBuilder, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.table_build import run_stage, start_item
-from motiondata.pipeline.transforms import Resize, SelectCameras, WindowSamples
+from motiondata.pipeline.transforms import WindowSamples, prepare_transforms
 from motiondata.store import layout
 from motiondata.store.errors_log import error_record
 
@@ -59,12 +59,14 @@ class Segment:
 
 
 def segments_of(stages: list[Any]) -> list[Segment]:
-    """Cut the bound stages into cpu/gpu segments; the first segment is always cpu (decoding runs there,
-    possibly with no stage at all)."""
+    """Cut the bound stages into cpu/gpu segments ("gpu": an actor pool, with or without GPUs); the first
+    segment is always cpu (decoding runs there, possibly with no stage at all)."""
     segments = [Segment("cpu", ())]
     for index, bound in enumerate(stages):
         gpus = stage_resources(bound.stage)["num_gpus"]
-        kind = "gpu" if gpus > 0 else "cpu"
+        # a stage that batches across episodes (the VAE's lockstep encode) runs in a pool even on CPU, so its
+        # batches are the shard groups the in-process build forms (same batches, same bytes)
+        kind = "gpu" if gpus > 0 or callable(getattr(bound.stage, "build_tables_batch", None)) else "cpu"
         last = segments[-1]
         if last.kind == kind:
             segments[-1] = Segment(kind, last.stages + (index,), max(last.num_gpus, gpus))
@@ -94,7 +96,7 @@ def read_unit(spec: JobSpec, entry: dict[str, Any]) -> tuple[Episode | None, lis
     try:
         episode = open_spec_source(spec, entry["source"]).read(unit)
         episode = dataclasses.replace(episode, id=entry["episode"], source=src_spec.name)
-        for transform in (SelectCameras(spec.cameras), Resize(spec.frame_size)):
+        for transform in prepare_transforms(spec):
             episode = transform(episode)
         return episode, []
     except SourceError as exc:
@@ -130,6 +132,13 @@ def _batched(stage: Any, results: list[dict[str, Any]], files: list[str]) -> lis
     return [{**r, "item": item} for r, item in zip(results, items)]
 
 
+def _batched_tables(stage: Any, items: list[dict[str, Any]]) -> bool:
+    """Recipe mode: one ``build_tables_batch`` call for the batch (the VAE's lockstep encode)."""
+    from motiondata.pipeline.batch_encode import run_batched
+
+    return run_batched(stage, items)
+
+
 def run_segment(spec: JobSpec, segment: Segment, results: list[dict[str, Any]], files: list[str]
                 ) -> list[dict[str, Any]]:
     """``ShardBuilder.encode`` for the stages of one segment over a batch of units (same records, same
@@ -142,6 +151,8 @@ def run_segment(spec: JobSpec, segment: Segment, results: list[dict[str, Any]], 
             live = [i for i, r in enumerate(results)
                     if r["item"] is not None and stages[index].applies_to(r["item"]["episode"].source)]
             done = None
+            if len(live) > 1 and recipe and _batched_tables(stage, [results[i]["item"] for i in live]):
+                continue
             if len(live) > 1 and not recipe and callable(getattr(stage, "encode_items", None)):
                 done = _batched(stage, [results[i] for i in live], [files[i] for i in live])
             for n, i in enumerate(live):
@@ -219,6 +230,10 @@ class PrecomputedShard(ShardBuilder):
 
     def encode(self, episode: Episode, file: str) -> dict[str, Any] | None:
         return self._pending
+
+    def encode_units(self, group: list[tuple[dict[str, Any], Episode]]) -> list[tuple[dict[str, Any], dict]]:
+        """Recipe mode: the items were encoded by the stage actors; nothing runs again here."""
+        return [(entry, self.results[entry["key"]]["item"]) for entry, _ in group]
 
 
 def write_shard_from(spec: JobSpec, plan: ShardPlan, out: str, *results: dict[str, Any]) -> dict[str, Any]:

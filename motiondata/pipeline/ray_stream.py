@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from motiondata.pipeline import isolation
+from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP
+from motiondata.pipeline.recipe import recipe_of
 from motiondata.pipeline.plan import ShardPlan
 from motiondata.pipeline.ray_stages import Segment, StageActor, decode_unit, segment_unit, segments_of, \
     write_shard_from
@@ -52,6 +54,8 @@ class Unit:
     ref: Any = None  # its result so far (object store)
     before: Any = None  # its input to the segment running now (to run it again alone)
     solo: bool = False  # its batch failed once: it runs alone now
+    group: tuple[int, int] = (0, 0)  # (shard, position in the plan // EPISODES_PER_GROUP): recipe batches
+    order: int = 0  # position in its shard's plan
 
 
 @dataclass
@@ -83,6 +87,14 @@ def pool_sizes(segments: list[Segment], gpus: float, units: int, max_actors: int
     return sizes
 
 
+def _position(plan: ShardPlan, entry: dict[str, Any]) -> int:
+    return next(i for i, u in enumerate(plan.units) if u["key"] == entry["key"])
+
+
+def _group_of(plan: ShardPlan, entry: dict[str, Any]) -> tuple[int, int]:
+    return plan.index, _position(plan, entry) // EPISODES_PER_GROUP
+
+
 class Stream:
     """One run of the scheduler over the shards to build."""
 
@@ -94,7 +106,14 @@ class Stream:
         self.segments = segments_of(job_stages(spec))
         self.spec_ref = ray.put(spec)
         self.shards = {p.index: Shard(p, len(self._units_of(p)), len(self._units_of(p))) for p in plans}
-        self.todo = deque(Unit(e, p.index) for p in plans for e in self._units_of(p))
+        self.todo = deque(Unit(e, p.index, group=_group_of(p, e), order=_position(p, e))
+                          for p in plans for e in self._units_of(p))
+        # Recipe mode: a GPU batch is exactly one shard group, as ShardBuilder forms them in-process, so a
+        # batched stage (the VAE's lockstep encode) sees the same batch and writes the same bytes.
+        self.canonical = recipe_of(spec) is not None
+        self.group_size: dict[tuple[int, int], int] = {}
+        for unit in self.todo:
+            self.group_size[unit.group] = self.group_size.get(unit.group, 0) + 1
         self.waiting: dict[int, list[Unit]] = {i: [] for i, s in enumerate(self.segments) if s.kind == "gpu"}
         self.running: dict[Any, tuple[Any, Batch | None]] = {}  # meta ref -> (Unit, its batch) | (shard index, None)
         self.inflight = 0
@@ -118,7 +137,7 @@ class Stream:
         self.busy: dict[Any, int] = {}
         for index, (count, per) in sizes.items():
             options = {"num_gpus": per, "num_cpus": float(self.cfg["actor_cpus"]), "max_restarts": 1}
-            self.pools[index] = [actor_cls.options(**options).remote(self.spec_ref, self.segments[index])
+            self.pools[index] = [actor_cls.options(**options).remote(self.spec, self.segments[index])
                                  for _ in range(count)]
             log.info("stage pool %s: %d actors, %.2f GPU each", [self.segments[index].stages], count, per)
         actors = sum(len(p) for p in self.pools.values())
@@ -161,7 +180,24 @@ class Stream:
         running = any(isinstance(u, Unit) and u.position < position for u, _ in self.running.values())
         return running or any(q for p, q in self.waiting.items() if p < position)
 
+    def _complete_groups(self, queue: list[Unit]) -> list[list[Unit]]:
+        """Recipe mode: the queued units that form a whole shard group (solo units alone), in queue order."""
+        groups: dict[tuple[int, int], list[Unit]] = {}
+        for unit in queue:
+            groups.setdefault((unit.group, id(unit)) if unit.solo else (unit.group, 0), []).append(unit)
+        complete = [g for key, g in groups.items() if key[1] or len(g) == self.group_size[key[0]]]
+        return [sorted(g, key=lambda u: u.order) for g in complete]  # plan order, as in-process
+
+    def _flush_groups(self) -> None:
+        for position, queue in self.waiting.items():
+            for batch in self._complete_groups(queue):
+                actor = min(self.pools[position], key=lambda a: self.busy.get(a, 0))
+                queue[:] = [u for u in queue if all(u is not b for b in batch)]
+                self._submit_batch(actor, batch)
+
     def _flush_batches(self) -> None:
+        if self.canonical:
+            return self._flush_groups()
         size = int(self.cfg["batch_episodes"])
         for position, queue in self.waiting.items():
             for actor in sorted(self.pools[position], key=lambda a: self.busy.get(a, 0)):

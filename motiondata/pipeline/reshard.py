@@ -65,7 +65,7 @@ def _reshard_one(store: Path, out: Path, old: dict[str, Any], recipe: Recipe, sp
         shutil.copy2(stats, layout.shard_stats(out, index))
     manifest = {**old, "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": info["num_samples"],
                 "keys": [s["key"] for s in info["samples"]], "samples": records, "fields": info["fields"],
-                "spec_hash": spec_hash}
+                "spec_hash": spec_hash, **({"members": info["members"]} if "members" in info else {})}
     manifest.pop("format_version", None)
     write_shard_manifest(out, index, manifest)
     return manifest

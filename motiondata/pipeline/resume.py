@@ -54,14 +54,22 @@ def recorded_units(manifests: dict[int, dict[str, Any]]) -> dict[int, list[str]]
     return {index: list(recorded_inputs(m)) for index, m in manifests.items()}
 
 
+def _stage_key(entry: dict[str, Any], other: dict[str, Any] | None) -> tuple[Any, ...]:
+    """name, config_hash and the weights digest (compared only where both builds recorded one)."""
+    weights = entry.get("weights") if isinstance(other, dict) and "weights" in other else None
+    return entry.get("name"), entry.get("config_hash"), weights
+
+
 def _stage_change(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> str | None:
-    old_pairs = [(s.get("name"), s.get("config_hash")) for s in old if isinstance(s, dict)]
-    new_pairs = [(s["name"], s["config_hash"]) for s in new]
-    if old_pairs == new_pairs:
+    old = [s for s in old if isinstance(s, dict)]
+    pad = [None] * abs(len(old) - len(new))
+    old_keys = [_stage_key(s, t) for s, t in zip(old, list(new) + pad)]
+    new_keys = [_stage_key(t, s) for t, s in zip(new, list(old) + pad)]
+    if old_keys == new_keys:
         return None
-    old_names, new_names = [n for n, _ in old_pairs], [n for n, _ in new_pairs]
+    old_names, new_names = [k[0] for k in old_keys], [k[0] for k in new_keys]
     if old_names == new_names:
-        return "stage " + next(n for (n, a), (_, b) in zip(old_pairs, new_pairs) if a != b) + " changed"
+        return "stage " + next(a[0] for a, b in zip(old_keys, new_keys) if a != b) + " changed"
     return f"stages changed (were [{', '.join(map(str, old_names))}], now [{', '.join(new_names)}])"
 
 
@@ -85,11 +93,13 @@ def _rejected_units(manifest: dict[str, Any]) -> set[str]:
 
 def input_changes(plan: ShardPlan, manifest: dict[str, Any]) -> list[tuple[str, str, bool]]:
     """(unit key, what changed, was it rejected) for every recorded unit of ``plan`` whose input changed."""
-    current = {u["key"]: u["fingerprint"] for u in plan.units}
+    from motiondata.pipeline.plan import fingerprint_of
+
+    current = {u["key"]: u for u in plan.units}
     rejected = _rejected_units(manifest)
     changes = []
     for key, entry in recorded_inputs(manifest).items():
-        what = describe_change(entry.get("fingerprint"), current.get(key))
+        what = describe_change(entry.get("fingerprint"), fingerprint_of(current[key]) if key in current else None)
         if what is not None:
             changes.append((key, what, key in rejected))
     return changes

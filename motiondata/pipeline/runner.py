@@ -25,14 +25,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import motiondata
 from motiondata.errors import MotionDataError
 from motiondata.pipeline import isolation, outcome
-from motiondata.pipeline.plan import ShardPlan, plan_shards, stage_hashes
+from motiondata.pipeline.incremental import Increment, plan_increment, record_stage_tables, stage_keys
+from motiondata.pipeline.plan import ShardPlan, plan_shards
 from motiondata.pipeline.resume import (changed_shards, existing_manifests, recorded_units, stale_reason,
                                         unmark_shard)
 from motiondata.pipeline.shard_task import build_shard, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import ensure_store
-from motiondata.store.manifest import check_job_manifest, read_shard_manifest, shard_done, software_versions
+from motiondata.store.manifest import check_job_manifest, read_job_manifest, read_shard_manifest, shard_done, \
+    software_versions
 from motiondata.store.shards import file_sha256
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class JobResult:
     num_samples: int = 0
     num_episodes: int = 0
     num_errors: int = 0
+    num_skipped: int = 0  # units left out on purpose (records with stage "skip", e.g. near-static clips)
     complete: bool = False  # every planned shard is done
     problem: str | None = None  # set when the build as a whole did not work: nothing stored, a stage failed everywhere
     advice: str | None = None  # what to do about the records that remain (``--retry-errors``)
@@ -95,17 +98,25 @@ def _stored_frames(out: Path, episodes: list[str]) -> int:
 
 
 def _reconcile_spec(spec: JobSpec, out: Path, stages: list[dict[str, str]], rebuild_changed: bool
-                    ) -> dict[int, dict[str, Any]]:
-    """Existing shard manifests that still match the spec and stage configs. Stale ones are refused with
-    one line, or (``rebuild_changed``) unmarked so they are planned and built again."""
+                    ) -> tuple[dict[int, dict[str, Any]], dict[int, Increment]]:
+    """Existing shard manifests that still match the spec and stage configs, plus the stale ones that can be
+    rebuilt from their episode tables (``incremental.py``: only stages or the recipe changed). Stale shards
+    are refused with one line, or (``rebuild_changed``) rebuilt: incrementally where possible, else unmarked
+    so they are planned and built again from the inputs."""
     manifests = existing_manifests(out)
     stale = {i: r for i, m in manifests.items() if (r := stale_reason(m, spec.hash(), stages))}
     if stale and not rebuild_changed:
         raise MotionDataError(next(iter(stale.values())))
+    job = read_job_manifest(out) if stale else None
+    increments = {}
     for index in stale:
         log.info("%s is rebuilt: %s", layout.shard_name(index), stale[index])
-        unmark_shard(out, index, manifests.pop(index))
-    return manifests
+        increment = plan_increment(spec, job, manifests[index], stages)
+        if increment is not None:
+            increments[index] = increment
+        else:
+            unmark_shard(out, index, manifests.pop(index))
+    return manifests, increments
 
 
 def _intact(out: Path, index: int, manifest: dict[str, Any]) -> bool:
@@ -162,6 +173,19 @@ def _run_local(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callab
                 current = _settle(out, current, exc, failed)
         on_done(manifest)
     return failed
+
+
+def _rebuild_incrementally(spec: JobSpec, out: Path, todo: list[ShardPlan], increments: dict[int, Increment],
+                           on_done: Callable[..., None]) -> list[ShardPlan]:
+    """Stale recipe shards whose spec changed only by stages or the recipe: rebuilt in-process from their
+    episode tables; returns the rest of ``todo`` plus those that need the full rebuild after all."""
+    from motiondata.pipeline.incremental_shard import rebuild_shards
+
+    mine = [p for p in todo if p.index in increments and not p.excluded]
+    if not mine:
+        return todo
+    fallback = {p.index for p in rebuild_shards(spec, out, mine, increments, on_done)}
+    return [p for p in todo if p.index not in increments or p.excluded or p.index in fallback]
 
 
 def _init_ray(address: str | None) -> bool:
@@ -243,8 +267,8 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     shards whose inputs, spec or stage configs changed instead of refusing."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stages = stage_hashes(job_stages(spec))
-    manifests = _reconcile_spec(spec, out, stages, rebuild_changed)
+    stages = stage_keys(job_stages(spec))
+    manifests, increments = _reconcile_spec(spec, out, stages, rebuild_changed)
     plans, plan_errors = plan_shards(spec, recorded_units(manifests))
     plans = [dataclasses.replace(p, stages=tuple(stages)) for p in plans]
     changed = changed_shards(plans, manifests, retry_errors)
@@ -253,7 +277,8 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     ensure_store(out)
     if remove_stale_temporaries(out):
         log.info("removed temporary files left by an interrupted run")
-    todo = _todo(out, plans, manifests, changed, retry_errors, verify)
+    increments = {p.index: increments[p.index] for p in plans if p.index in increments and p.index not in changed}
+    todo = _todo(out, plans, manifests, {**changed, **dict.fromkeys(increments, "stages")}, retry_errors, verify)
     result = JobResult(out, len(plans), len(todo), len(plans) - len(todo))
     log.info("%d shards planned, %d done already, %d to build", len(plans), result.shards_skipped, len(todo))
     failed: dict[int, str] = {}
@@ -261,10 +286,15 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
         with _progress() as progress:
             bar = progress.add_task("shards", total=len(todo), visible=show_progress, episodes=0, rate="")
             advance = Throughput(progress, bar, out)
-            if executor == "local":
-                failed = _run_local(spec, out, todo, advance)
-            else:
-                failed = _run_ray(spec, out, todo, ray_address, advance, executor)
+
+            def on_done(manifest: dict[str, Any] | None = None) -> None:
+                advance(record_stage_tables(spec, out, manifest))
+
+            todo = _rebuild_incrementally(spec, out, todo, increments, on_done)
+            if todo and executor == "local":
+                failed = _run_local(spec, out, todo, on_done)
+            elif todo:
+                failed = _run_ray(spec, out, todo, ray_address, on_done, executor)
             log.info("built %d episodes, %d frames %s", advance.episodes, advance.frames, advance.rate())
     result.shards_built -= len(failed)
     finalize(spec, out, plans, plan_errors, result, failed)
@@ -323,7 +353,8 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
     stats, conflicts = outcome.merge_stats(out, sorted(manifests))
     result.num_samples = sum(m["num_samples"] for m in manifests.values())
     result.num_episodes = sum(len(m["episodes"]) for m in manifests.values())
-    result.num_errors = len(errors)
+    result.num_skipped = sum(1 for e in errors if e.get("stage") == "skip")
+    result.num_errors = len(errors) - result.num_skipped
     result.failed_shards = [{"shard": layout.shard_name(i), "reason": failed[i]} for i in sorted(failed)]
     result.failed = [f"{s['shard']}: {s['reason']}" for s in result.failed_shards]
     result.complete = not failed
@@ -350,7 +381,7 @@ def _job_document(spec: JobSpec, manifests: dict[int, dict[str, Any]], result: J
         "stages": [b.manifest_entry() for b in job_stages(spec)],
         "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
                     "sha256": m["sha256"]} for _, m in sorted(manifests.items())],
-        "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors,
+        "num_samples": result.num_samples, "num_episodes": result.num_episodes, "num_errors": result.num_errors, "num_skipped": result.num_skipped,
         "complete": result.complete, "created_by": f"motiondata {motiondata.__version__}",
     }
     if result.failed_shards:

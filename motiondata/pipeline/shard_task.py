@@ -26,7 +26,7 @@ from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.stage import Window
 from motiondata.pipeline.table_build import episode_info, zarr_payload
 from motiondata.pipeline.resume import remove_episode_groups
-from motiondata.pipeline.transforms import Resize, SelectCameras, WindowSamples
+from motiondata.pipeline.transforms import WindowSamples, prepare_transforms
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import write_episode
 from motiondata.store.errors_log import error_record
@@ -53,13 +53,14 @@ class ShardBuilder:
     def __init__(self, spec: JobSpec, plan: ShardPlan, out: str | Path):
         self.spec, self.plan, self.out = spec, plan, Path(out)
         self.stages = job_stages(spec)
-        self.prepare = [SelectCameras(spec.cameras), Resize(spec.frame_size)]
+        self.prepare = prepare_transforms(spec)
         self.windowing = WindowSamples(spec.window_length, spec.window_stride)
         self.recipe = recipe_of(spec)
         self.stats = RunningStats()
         self.errors: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.episodes: list[str] = []
+        self.produced: list[tuple[str, list[str]]] = []  # recipe mode: (source, table names) per stored episode
         self._sources: dict[int, Any] = {}
 
     def source(self, index: int):
@@ -126,10 +127,15 @@ class ShardBuilder:
                       "language": episode.language, "length": episode.length, "cameras": episode.cameras,
                       "metadata": episode.metadata, "anchors": [s["meta"]["anchor"] for s in item["samples"]],
                       "recipe": self.recipe.to_dict(), **item.get("attrs", {})})
-        write_episode(self.out, episode.id, arrays, attrs)
+        self.write_group(item, arrays, attrs)
+        self.produced.append((episode.source, sorted(item["tables"])))
         for name in VECTOR_FIELDS:
             if getattr(episode, name) is not None:
                 self.stats.update(name, getattr(episode, name))
+
+    def write_group(self, item: dict[str, Any], arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+        """Write the episode's Zarr group (atomically; the incremental builder rewrites only changed tables)."""
+        write_episode(self.out, item["episode"].id, arrays, attrs)
 
     def store_episode(self, item: dict[str, Any]) -> None:
         episode: Episode = item["episode"]
@@ -164,11 +170,15 @@ class ShardBuilder:
             if group:  # a crash inside the batched stages is blamed on the group's first unit
                 self.current = {**group[0][0], "episode": group[0][1].id}
                 isolation.mark_progress(self.out, self.plan.index, group[0][0].get("key") or group[0][1].id)
-            for entry, item in encode_group(self.stages, self.recipe, group, self.errors.append):
+            for entry, item in self.encode_units(group):
                 self.current = {**entry, "episode": item["episode"].id}
                 isolation.mark_progress(self.out, self.plan.index, entry.get("key") or item["episode"].id)
                 if self.cut(item, entry["unit"].get("file", "")):
                     yield from self.emit(item)
+
+    def encode_units(self, group: list[tuple[dict[str, Any], Episode]]) -> list[tuple[dict[str, Any], dict]]:
+        """Recipe mode: run the stages over a group of read episodes (batched where a stage can)."""
+        return encode_group(self.stages, self.recipe, group, self.errors.append)
 
     def samples(self) -> Iterator[dict[str, Any]]:
         if self.recipe:
@@ -193,6 +203,15 @@ class ShardBuilder:
                                  "window": window.index, "status": "ok"})
             yield {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"}
 
+    def stage_entries(self) -> list[dict[str, Any]]:
+        """Each stage's key, and in recipe mode the tables it produced in this shard."""
+        entries = list(self.plan.stages) if self.plan.stages is not None else stage_hashes(self.stages)
+        if not self.recipe or len(entries) != len(self.spec.stages):
+            return entries
+        from motiondata.pipeline.incremental import stage_tables
+
+        return [{**e, "tables": t} for e, t in zip(entries, stage_tables(self.spec.stages, self.produced))]
+
     def build(self) -> dict[str, Any]:
         tar = layout.shard_tar(self.out, self.plan.index)
         info = write_shard(tar, self.samples())
@@ -210,8 +229,10 @@ class ShardBuilder:
             "keys": [s["key"] for s in info["samples"]], "samples": self.records, "fields": info["fields"],
             "episodes": self.episodes, "units": self.plan.unit_ids(), "errors": self.errors,
             "spec_hash": self.spec.hash(), "inputs": self.plan.inputs(),
-            "stages": list(self.plan.stages) if self.plan.stages is not None else stage_hashes(self.stages),
+            "stages": self.stage_entries(), "members": info.get("members"),
         }
+        if manifest["members"] is None:
+            manifest.pop("members")
         write_shard_manifest(self.out, self.plan.index, manifest)
         isolation.clear_progress(self.out, self.plan.index)
         return manifest

@@ -51,6 +51,7 @@ class JobSpec:
     output: str | None = None
     frame_mode: str | None = None
     samples: dict[str, Any] | None = None
+    validate: dict[str, Any] | None = None  # `validate --decode` thresholds; not part of the spec hash
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,13 +65,13 @@ class JobSpec:
     def hash(self) -> str:
         """Hash of everything that changes shard contents (not the output path or Ray settings)."""
         content = self.to_dict()
-        for key in ("output", "task_cpus"):
-            content.pop(key)
+        for key in ("output", "task_cpus", "validate"):
+            content.pop(key, None)
         text = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-OPTIONAL_KEYS = ("frame_mode", "samples")
+OPTIONAL_KEYS = ("frame_mode", "samples", "validate")
 
 
 def _require(cond: bool, message: str) -> None:
@@ -149,8 +150,9 @@ def parse_spec(data: dict[str, Any], base: Path | None = None) -> JobSpec:
         stages=_parse_stages(data.get("stages") or [], base),
         task_cpus=float((data.get("ray") or {}).get("task_cpus", 0.5)),
         output=data.get("output"),
-        frame_mode=frames.get("mode"),
+        frame_mode=frames.get("mode") or "crop",  # in the hash: stores built with stretched frames never mix
         samples=data.get("samples") or None,
+        validate=data.get("validate") or None,
         raw=data,
     )
     from motiondata.pipeline.recipe import recipe_of

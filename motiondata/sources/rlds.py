@@ -36,7 +36,6 @@ from motiondata.sources.rlds_records import RecordError, read_record, scan_recor
 log = logging.getLogger(__name__)
 
 SHARD_PATTERN = re.compile(r"^(?P<name>.+)-(?P<split>[^-]+)\.tfrecord(-(?P<index>\d+)-of-(?P<count>\d+))?$")
-VECTOR_FIELDS = ("actions", "state", "joints", "ee_pose", "gripper")
 
 
 def _keys(value, name: str) -> list[str] | None:

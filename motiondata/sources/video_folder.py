@@ -6,6 +6,12 @@ per video, or per clip of ``clip_seconds`` every ``stride_seconds`` of presentat
 video shorter than one clip gives one short clip; the tail after the last full clip is dropped (as
 ``plan_windows`` does). A file whose header declares more frames than it holds plans clips over the frames
 it holds only, and its episodes record ``declared_frames`` and ``decoded_frames``. No actions or state.
+
+With ``split: shots`` every video is first cut at its shot boundaries (PySceneDetect, see
+:mod:`motiondata.sources.video_shots`); clips are planned inside each shot, never across a cut, shots shorter
+than ``min_shot_seconds`` are dropped (logged), and ``meta.shot`` records ``{index, start_seconds,
+end_seconds}``. With ``min_motion`` a clip whose mean optical flow is below it is left out and reported in
+``listing_problems`` as skipped (near-static), not read.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import numpy as np
 
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import SourceError, SpecError
-from motiondata.sources.base import (build_episode, check_positive, error_unit, raise_if_error_unit, source_errors,
-                                     unique_ids)
+from motiondata.sources.base import (build_episode, check_positive, error_unit, listing_problem, raise_if_error_unit,
+                                     source_errors, unique_ids)
 from motiondata.sources.video_decode import decode_frames, read_frames, timeline_of
+from motiondata.sources.video_shots import DEFAULT_THRESHOLD, VideoScan, scan_video
 from motiondata.sources.video_timeline import TIME_EPS, Timeline
 
 log = logging.getLogger(__name__)
@@ -120,15 +127,29 @@ class VideoFolderSource:
         extensions: video file extensions to pick up (case-insensitive).
         backend: decoder, ``"auto"``/``"pyav"`` (PyAV, frames found by pts, upright) or ``"decord"`` (opt-in,
             unverified: no display matrix, and clips may silently end early).
+        split: ``"shots"``: cut every video at its shot boundaries first; None: one timeline per video.
+        min_shot_seconds: with ``split: shots``, shots shorter than this are dropped.
+        shot_threshold: PySceneDetect ContentDetector threshold (lower finds more cuts).
+        min_motion: leave out clips whose mean optical flow is below this fraction of the frame width per
+            second (e.g. 0.01), reported in ``listing_problems`` as skipped; None: keep every clip.
     """
 
     kind = "video"
 
     def __init__(self, path: str, clip_seconds: float | None = None, stride_seconds: float | None = None,
                  fps: float | None = None, camera: str = "video",
-                 extensions: tuple[str, ...] | list[str] = ("mp4", "webm", "mkv", "avi"), backend: str = "auto"):
-        for name, value in (("clip_seconds", clip_seconds), ("stride_seconds", stride_seconds), ("fps", fps)):
+                 extensions: tuple[str, ...] | list[str] = ("mp4", "webm", "mkv", "avi"), backend: str = "auto",
+                 split: str | None = None, min_shot_seconds: float = 1.0, shot_threshold: float = DEFAULT_THRESHOLD,
+                 min_motion: float | None = None):
+        for name, value in (("clip_seconds", clip_seconds), ("stride_seconds", stride_seconds), ("fps", fps),
+                            ("shot_threshold", shot_threshold), ("min_motion", min_motion)):
             check_positive(name, value)
+        if split not in (None, "shots"):
+            raise SpecError(f"option split={split!r} is not one of [shots, null]; use split: shots to cut at shot "
+                            "boundaries")
+        if isinstance(min_shot_seconds, bool) or not isinstance(min_shot_seconds, (int, float)) \
+                or not min_shot_seconds >= 0:
+            raise SpecError(f"option min_shot_seconds={min_shot_seconds!r} must be a number >= 0")
         if stride_seconds is not None and clip_seconds is None:
             raise SpecError("option stride_seconds needs clip_seconds")
         if not isinstance(camera, str) or safe_id(camera) != camera:
@@ -142,6 +163,9 @@ class VideoFolderSource:
             raise SourceError(self.path, "video source path does not exist; check the spec's source.path")
         self.clip_seconds, self.stride_seconds, self.fps = clip_seconds, stride_seconds, fps
         self.camera, self.backend = camera, backend
+        self.split, self.min_shot_seconds = split, float(min_shot_seconds)
+        self.shot_threshold, self.min_motion = float(shot_threshold), min_motion
+        self.listing_problems: list[dict] = []
         self.extensions = tuple("." + str(e).lower().lstrip(".") for e in extensions)
 
     def files(self) -> list[str]:
@@ -151,6 +175,7 @@ class VideoFolderSource:
         return sorted(found, key=lambda p: os.path.relpath(p, self.path))
 
     def units(self) -> list[dict]:
+        self.listing_problems = []
         files = self.files()
         root = os.path.dirname(self.path) if os.path.isfile(self.path) else self.path
         stems = [os.path.splitext(os.path.relpath(f, root))[0] for f in files]
@@ -158,17 +183,58 @@ class VideoFolderSource:
         for file, base in zip(files, unique_ids(stems, files)):
             try:
                 timeline = _planning_timeline(file)
+                scan = self._scan(file, timeline)
             except SourceError as exc:
                 units.append(error_unit(base, file, exc.reason))
                 continue
-            clips = plan_clip_times(timeline.times, timeline.end, self.clip_seconds, self.stride_seconds)
-            for i, (start, stop) in enumerate(clips):
-                units.append({"id": f"{base}_c{i:04d}" if self.clip_seconds else base, "file": file, "clip": i,
-                              "start": start, "stop": stop, "source_fps": timeline.fps,
-                              "declared_frames": timeline.declared_frames, "decoded_frames": timeline.frames})
+            units += self._file_units(file, base, timeline, scan)
         if not units:
             log.warning("no %s videos under %s", "/".join(self.extensions), self.path)
         return units
+
+    def _scan(self, file: str, timeline: Timeline) -> VideoScan | None:
+        if self.split is None and self.min_motion is None:
+            return None
+        return scan_video(file, timeline, self.shot_threshold, shots=self.split == "shots",
+                          motion=self.min_motion is not None)
+
+    def _file_units(self, file: str, base: str, timeline: Timeline, scan: VideoScan | None) -> list[dict]:
+        """The units of one video: its clips, inside each shot when splitting, static ones left out."""
+        shots = scan.shots() if scan is not None and self.split == "shots" else None
+        spans = [(None, 0, timeline.frames)] if shots is None else [(s.index, s.start, s.stop) for s in shots]
+        units = []
+        for shot, first, last in spans:
+            times = timeline.times[first:last]
+            end = float(timeline.times[last]) if last < timeline.frames else timeline.end
+            if shot is not None and end - float(times[0]) < self.min_shot_seconds - TIME_EPS:
+                log.info("%s: shot %d (%.2f s) is shorter than min_shot_seconds=%s; dropped", file, shot,
+                         end - float(times[0]), self.min_shot_seconds)
+                continue
+            clips = plan_clip_times(times, end, self.clip_seconds, self.stride_seconds)
+            for i, (start, stop) in enumerate(clips):
+                uid = base + (f"_s{shot:03d}" if shot is not None else "") + (f"_c{i:04d}" if self.clip_seconds else "")
+                unit = {"id": uid, "file": file, "clip": i, "start": first + start, "stop": first + stop,
+                        "source_fps": timeline.fps, "declared_frames": timeline.declared_frames,
+                        "decoded_frames": timeline.frames}
+                if shot is not None:
+                    unit["shot"] = {"index": shot, "start_seconds": round(float(times[0] - timeline.times[0]), 6),
+                                    "end_seconds": round(end - float(timeline.times[0]), 6)}
+                if not self._static(scan, unit):
+                    units.append(unit)
+        return units
+
+    def _static(self, scan: VideoScan | None, unit: dict) -> bool:
+        """Whether the motion filter leaves ``unit`` out (then it is reported in ``listing_problems``)."""
+        if scan is None or self.min_motion is None:
+            return False
+        motion = scan.clip_motion(unit["start"], unit["stop"])
+        if np.isfinite(motion) and motion >= self.min_motion:
+            return False
+        reason = (f"skipped: near-static clip, mean optical flow {motion:.4g} of the frame width per second is "
+                  f"below min_motion={self.min_motion:g} (frames {unit['start']}..{unit['stop'] - 1}); lower "
+                  "min_motion to keep it")
+        self.listing_problems.append({**listing_problem(unit["file"], unit["id"], reason), "skipped": True})
+        return True
 
     def _frames(self, file: str, unit: dict) -> tuple[np.ndarray, dict[str, Any]]:
         """The clip's frames (resampled to ``fps``) and what the episode metadata records about them."""
@@ -208,6 +274,8 @@ class VideoFolderSource:
         meta: dict[str, Any] = {"file": file, "clip": int(unit["clip"]), "start_frame": int(unit["start"]),
                                 "source_fps": source_fps, "declared_frames": int(unit["declared_frames"]),
                                 "decoded_frames": int(unit["decoded_frames"]), **extra}
+        if unit.get("shot") is not None:
+            meta["shot"] = dict(unit["shot"])
         # with fps set, output frame k is the last source frame presented at or before start_seconds + k / fps
         return build_episode(file, uid, source=self.kind, fps=float(self.fps or source_fps),
                              rgb={self.camera: frames}, language=language, metadata=meta)

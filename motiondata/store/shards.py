@@ -126,11 +126,14 @@ def _write_sample(tar: tarfile.TarFile, sample: dict[str, Any], seen: set[str], 
         raise StoreError("sample has no fields; a sample needs at least 'meta'", shard=shard, key=key)
     if check:
         check_sample(sample, shard)
-    nbytes = 0
+    nbytes, offsets = 0, []
     for name, data in members:
         tar.addfile(member_info(name, len(data)), io.BytesIO(data))
-        nbytes += len(data)
-    return {"key": key, "fields": describe_sample(sample), "bytes": nbytes, "sha256": sample_digest(members)}
+        nbytes += len(data)  # tar.offset is now past the data, padded to whole blocks
+        offsets.append([name[len(key) + 1:], tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE,
+                        len(data)])
+    return {"key": key, "fields": describe_sample(sample), "bytes": nbytes, "sha256": sample_digest(members),
+            "members": offsets}
 
 
 def write_shard(path: str | Path, samples: Iterable[dict[str, Any]], check_samples: bool = True) -> dict[str, Any]:
@@ -138,7 +141,9 @@ def write_shard(path: str | Path, samples: Iterable[dict[str, Any]], check_sampl
     With ``check_samples`` every sample is validated against ``schemas/sample.schema.json`` first
     (about 1 ms per sample), so a stage breaking the field contract fails the shard, naming the key.
 
-    Returns ``{"sha256", "bytes", "num_samples", "samples": [{"key", "fields", "bytes", "sha256"}], "fields"}``:
+    Returns ``{"sha256", "bytes", "num_samples", "samples": [{"key", "fields", "bytes", "sha256"}], "fields",
+    "members"}``: ``members`` (per sample, in tar order) lists ``[field.ext, data offset, size]`` of its
+    members, the offset index the loader reads by (copy it into the shard manifest as ``members``);
     per-sample ``bytes`` is the payload size of its members (headers excluded) and ``sha256`` their
     :func:`sample_digest` (copy both into the shard manifest's samples so ``validate_store`` can name a
     corrupted sample); ``fields`` is the shard summary from :func:`merge_field_info`.
@@ -157,8 +162,9 @@ def write_shard(path: str | Path, samples: Iterable[dict[str, Any]], check_sampl
                     merge_field_info(summary, info["fields"])
                     infos.append(info)
     log.debug("wrote %s: %d samples, %d bytes", path, len(infos), writer.count)
+    members = [info.pop("members") for info in infos]
     return {"sha256": writer.sha.hexdigest(), "bytes": writer.count, "num_samples": len(infos),
-            "samples": infos, "fields": summary}
+            "samples": infos, "fields": summary, "members": members}
 
 
 def file_sha256(path: str | Path, block: int = 1 << 20) -> str:

@@ -258,8 +258,10 @@ def _check_errors(out: Path, job: dict | None) -> list[str]:
         records = read_errors(out)
     except StoreError as err:
         return [f"errors.jsonl: {err}"]
-    if job is not None and job.get("num_errors") != len(records):
-        return [f"manifest.json: num_errors {job.get('num_errors')} but errors.jsonl holds {len(records)} records; "
+    skipped = sum(1 for r in records if isinstance(r, dict) and r.get("stage") == "skip")
+    if job is not None and (job.get("num_errors"), job.get("num_skipped", 0)) != (len(records) - skipped, skipped):
+        return [f"manifest.json: num_errors {job.get('num_errors')} (+ {job.get('num_skipped', 0)} skipped) but "
+                f"errors.jsonl holds {len(records)} records ({skipped} skipped); "
                 "rerun `motiondata build` with the same --out to rewrite both"]
     return []
 

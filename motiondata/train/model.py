@@ -1,46 +1,39 @@
-"""A small latent-motion model: a transformer over VAE latent patches + the text embedding, with one
-head per target the store holds.
+"""The slim model: a transformer over what is observed at the anchor, and one head per target (heads.py).
 
-Inputs: ``vae.latents`` (B, C, T', h, w), cut into ``patch x patch`` tokens of one latent frame each,
-and ``text.embedding`` (B, E) as one extra token; a learned [CLS] token gives the pooled embedding.
+Inputs are recipe fields of ``K`` rows each (``(B, K, ...)`` with ``<field>.pad``); every row becomes tokens
+by the rank of its shape:
 
-Heads (each returns a float32 loss; ``HEAD_FIELDS`` says what each needs):
-- ``zm``: ``motion.zm`` (C, T'-1, W'+H') regression from the pooled embedding, MSE;
-- ``flow``: ``flow.tracks`` (P, S, 3), one learned query per track point, MSE masked by ``flow.valid``;
-- ``fast``: ``fast.tokens`` autoregressive cross-entropy: a GRU decoder whose first state is the pooled
-  embedding, teacher-forced from a BOS token, ending with an EOS token;
-- ``keyframes``: ``keyframes.codes`` (K, h, w), one learned query per code position, cross-entropy.
+- ``(C, h, w)`` (VAE latents): ``patch x patch`` patches of each latent frame, one token each;
+- ``(P, E)`` (patch tokens of an image encoder): P tokens;
+- ``(E,)`` (text embedding, state, one past action): one token.
+
+Each input is normalised by its training mean and std (buffers filled before training), projected to
+``d_model`` and tagged with a learned field and row embedding. Padded rows and fields a sample lacks
+(``.present``) are masked out of attention, so a video sample without state or past actions is
+encoded from what it has. A [CLS] token gives the pooled embedding every head reads.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_FIELDS = {
-    "zm": ("motion.zm",),
-    "flow": ("flow.tracks", "flow.valid"),
-    "fast": ("fast.tokens",),
-    "keyframes": ("keyframes.codes",),
-}
-INPUT_FIELDS = ("vae.latents", "text.embedding")
+from motiondata.train.heads import ActionHead, CodesHead, FastHead, FlowHead, Normaliser, RegressionHead, rows
+
+HEADS = ("zm", "flow", "fast", "keyframes", "actions")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild the model; shapes come from the store (saved in checkpoints)."""
+    """Everything needed to rebuild the model (saved in checkpoints); shapes come from the store."""
 
-    latent_shape: list[int]  # (C, T', h, w)
-    text_dim: int  # 0 when the store has no text.embedding
-    heads: list[str]
-    zm_shape: list[int] | None = None
-    flow_shape: list[int] | None = None  # (P, S, 3)
-    keyframe_shape: list[int] | None = None  # (K, h, w)
+    inputs: list[dict[str, Any]]  # {"field", "rows", "shape"} per observed field
+    heads: dict[str, dict[str, Any]]  # head -> {"field", "rows", "shape"} (+ "valid" for flow)
     fast_vocab: int = 2048
     keyframe_codes: int = 1024
     d_model: int = 256
@@ -48,110 +41,102 @@ class ModelSpec:
     n_heads: int = 4
     patch: int = 2
     dropout: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def spec_from_batch(batch: dict[str, Any], heads: list[str], **hyper: Any) -> ModelSpec:
-    """Read the shapes of a collated batch into a ``ModelSpec``."""
-    def shape(name: str) -> list[int] | None:
-        return [int(s) for s in batch[name].shape[1:]] if name in batch else None
-
-    return ModelSpec(latent_shape=shape("vae.latents"), text_dim=(shape("text.embedding") or [0])[0], heads=heads,
-                     zm_shape=shape("motion.zm"), flow_shape=shape("flow.tracks"),
-                     keyframe_shape=shape("keyframes.codes"), **hyper)
+def field_spec(batch: dict[str, Any], name: str) -> dict[str, Any]:
+    """``{"field", "rows", "shape"}`` of a collated field (a windowed store's field is one row)."""
+    shape = [int(s) for s in batch[name].shape[1:]]
+    if f"{name}.pad" not in batch:
+        return {"field": name, "rows": 1, "shape": shape}
+    return {"field": name, "rows": shape[0], "shape": shape[1:]}
 
 
 def _patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, T, h, w) -> (B, T * ceil(h/p) * ceil(w/p), C * p * p), zero-padding h and w to multiples of p."""
-    b, c, t, h, w = latents.shape
+    """(N, C, h, w) -> (N, ceil(h/p) * ceil(w/p), C * p * p), zero-padding h and w to multiples of p."""
+    n, c, h, w = latents.shape
     latents = F.pad(latents, (0, (-w) % p, 0, (-h) % p))
     hp, wp = latents.shape[-2] // p, latents.shape[-1] // p
-    x = latents.reshape(b, c, t, hp, p, wp, p).permute(0, 2, 3, 5, 1, 4, 6)
-    return x.reshape(b, t * hp * wp, c * p * p)
+    x = latents.reshape(n, c, hp, p, wp, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, hp * wp, c * p * p)
 
 
-class FastDecoder(nn.Module):
-    """GRU over FAST tokens, conditioned on the pooled embedding; ids ``vocab`` = BOS, ``vocab + 1`` = EOS."""
+class InputTokens(nn.Module):
+    """One observed field -> ``(B, tokens, d)`` and a ``(B, tokens)`` mask of real tokens."""
 
-    def __init__(self, vocab: int, d: int):
+    def __init__(self, spec: dict[str, Any], d: int, patch: int):
         super().__init__()
-        self.vocab = vocab
-        self.embed = nn.Embedding(vocab + 2, d)
-        self.init = nn.Linear(d, d)
-        self.gru = nn.GRU(d, d, batch_first=True)
-        self.out = nn.Linear(d, vocab + 1)
+        self.field, self.k, self.shape, self.patch = spec["field"], spec["rows"], spec["shape"], patch
+        self.norm = Normaliser(self.shape)
+        if len(self.shape) == 3:  # latent frames
+            c, h, w = self.shape
+            per_row = math.ceil(h / patch) * math.ceil(w / patch)
+            self.proj = nn.Linear(c * patch * patch, d)
+            self.pos = nn.Parameter(torch.randn(1, 1, per_row, d) * 0.02)
+        else:
+            width = self.shape[-1] if self.shape else 1
+            self.proj = nn.Linear(width, d)
+            self.pos = nn.Parameter(torch.randn(1, 1, self.shape[0] if len(self.shape) == 2 else 1, d) * 0.02)
+        self.row = nn.Parameter(torch.randn(1, self.k, 1, d) * 0.02)
 
-    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b = tokens.shape[0]
-        lengths = mask.sum(dim=1)
-        tokens = tokens.long().masked_fill(~mask, 0)
-        bos = torch.full((b, 1), self.vocab, dtype=torch.long, device=tokens.device)
-        inputs = torch.cat([bos, tokens], dim=1)  # predict t0..t_{n-1}, then EOS
-        targets = torch.cat([tokens, torch.zeros_like(bos)], dim=1)
-        targets.scatter_(1, lengths[:, None], self.vocab)  # EOS right after the last real token
-        valid = torch.arange(inputs.shape[1], device=tokens.device)[None] <= lengths[:, None]
-        h0 = torch.tanh(self.init(pooled)).unsqueeze(0).contiguous()
-        hidden, _ = self.gru(self.embed(inputs), h0)
-        logits = self.out(hidden).float()
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        return (loss * valid).sum() / valid.sum().clamp(min=1)
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        values, mask = rows(batch, self.field)
+        x = self.norm(values)  # (B, K, *shape)
+        b = x.shape[0]
+        if len(self.shape) == 3:
+            x = _patchify(x.flatten(0, 1), self.patch).reshape(b, self.k, -1, self.proj.in_features)
+        else:
+            x = x.reshape(b, self.k, -1, self.proj.in_features)
+        x = self.proj(x) + self.pos + self.row  # (B, K, T, d)
+        real = mask[:, :, None].expand(x.shape[:3])
+        return x.flatten(1, 2), real.flatten(1)
 
 
 class LatentMotionModel(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        c, t, h, w = spec.latent_shape
-        p, d = spec.patch, spec.d_model
-        n_tokens = t * math.ceil(h / p) * math.ceil(w / p)
-        self.patch_in = nn.Linear(c * p * p, d)
-        self.text_in = nn.Linear(spec.text_dim, d) if spec.text_dim else None
+        d = spec.d_model
+        self.inputs = nn.ModuleList([InputTokens(s, d, spec.patch) for s in spec.inputs])
+        self.kind = nn.Parameter(torch.randn(len(spec.inputs), d) * 0.02)
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos = nn.Parameter(torch.randn(1, n_tokens + 2, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, spec.n_heads, 4 * d, spec.dropout, batch_first=True, norm_first=True)
         self.trunk = nn.TransformerEncoder(layer, spec.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.heads = nn.ModuleDict()
-        if "zm" in spec.heads:
-            self.heads["zm"] = nn.Linear(d, math.prod(spec.zm_shape))
-        if "flow" in spec.heads:
-            points, steps, dims = spec.flow_shape
-            self.flow_queries = nn.Parameter(torch.randn(points, d) * 0.02)
-            self.heads["flow"] = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, steps * dims))
-        if "fast" in spec.heads:
-            self.heads["fast"] = FastDecoder(spec.fast_vocab, d)
-        if "keyframes" in spec.heads:
-            self.key_queries = nn.Parameter(torch.randn(math.prod(spec.keyframe_shape), d) * 0.02)
-            self.heads["keyframes"] = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, spec.keyframe_codes))
+        for name, head in spec.heads.items():
+            self.heads[name] = {"zm": lambda: RegressionHead(head, d), "flow": lambda: FlowHead(head, d),
+                                "fast": lambda: FastHead(head, spec.fast_vocab, d),
+                                "keyframes": lambda: CodesHead(head, spec.keyframe_codes, d),
+                                "actions": lambda: ActionHead(head, d)}[name]()
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Pooled (B, d) embedding of the latents and the text."""
-        x = self.patch_in(_patchify(batch["vae.latents"].float(), self.spec.patch))
-        parts = [self.cls.expand(x.shape[0], -1, -1)]
-        if self.text_in is not None:
-            parts.append(self.text_in(batch["text.embedding"].float()).unsqueeze(1))
-        x = torch.cat(parts + [x], dim=1)
-        x = self.trunk(x + self.pos[:, : x.shape[1]])
+        """Pooled (B, d) embedding of the observed fields."""
+        parts, masks = [], []
+        for i, tokens in enumerate(self.inputs):
+            if tokens.field in batch:  # a batch may lack an optional input altogether
+                x, real = tokens(batch)
+                parts.append(x + self.kind[i])
+                masks.append(real)
+        b = parts[0].shape[0] if parts else 1
+        x = torch.cat([self.cls.expand(b, -1, -1)] + parts, dim=1)
+        real = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device)] + masks, dim=1)
+        x = self.trunk(x, src_key_padding_mask=~real)
         return self.norm(x[:, 0])
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Per-head losses (float32 scalars) for one collated batch."""
+    def forward(self, batch: dict[str, Any]) -> dict[str, tuple[torch.Tensor, int]]:
+        """``head -> (loss, rows)`` for the heads whose target field the batch holds (a float32 loss over
+        real rows only; ``rows`` = how many real target rows it saw)."""
         pooled = self.embed(batch)
-        losses = {}
-        if "zm" in self.heads:
-            target = batch["motion.zm"].float().flatten(1)
-            losses["zm"] = F.mse_loss(self.heads["zm"](pooled).float(), target)
-        if "flow" in self.heads:
-            pred = self.heads["flow"](pooled[:, None] + self.flow_queries[None]).float()
-            target = batch["flow.tracks"].float()
-            valid = batch["flow.valid"].float().unsqueeze(-1).expand_as(target)
-            err = (pred.reshape(target.shape) - target).square() * valid
-            losses["flow"] = err.sum() / valid.sum().clamp(min=1)
-        if "fast" in self.heads:
-            tokens = batch["fast.tokens"]
-            mask = batch.get("fast.tokens.mask", torch.ones_like(tokens, dtype=torch.bool))
-            losses["fast"] = self.heads["fast"](pooled, tokens, mask)
-        if "keyframes" in self.heads:
-            logits = self.heads["keyframes"](pooled[:, None] + self.key_queries[None]).float()
-            target = batch["keyframes.codes"].long().flatten(1)
-            losses["keyframes"] = F.cross_entropy(logits.transpose(1, 2), target)
-        return losses
+        return {name: head(pooled, batch) for name, head in self.heads.items() if head.field in batch}
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, Any]) -> dict[str, dict[str, tuple[float, int]]]:
+        pooled = self.embed(batch)
+        return {name: head.evaluate(pooled, batch) for name, head in self.heads.items() if head.field in batch}
+
+    def normalisers(self) -> dict[str, Normaliser]:
+        """Field name -> the normaliser whose statistics the trainer fills before step 0."""
+        out = {t.field: t.norm for t in self.inputs}
+        out.update({h.field: h.norm for h in self.heads.values() if hasattr(h, "norm")})
+        return out

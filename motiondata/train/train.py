@@ -1,16 +1,19 @@
-"""Train a small latent-motion model on a motiondata store. Reads top to bottom:
+"""Train the slim model on a recipe store: observations at the anchor in, the future out. Reads top to bottom:
 
-    motiondata train --store out/demo --max-steps 2000 --batch-size 64
-    python -m motiondata.train.train --store out/demo --device cpu --d-model 64 --max-steps 50
+    motiondata build pipelines/train_demo.yaml --out out/train_demo
+    motiondata train --store out/train_demo --steps 300 --device cpu --d-model 64
 
-1. config: a dataclass; every field is a ``--flag`` (``--no-flag`` for booleans);
-2. data: ``StreamingLoader`` over the store reading only the fields the model uses; heads whose fields the
-   store lacks are skipped;
-3. model: ``LatentMotionModel`` (motiondata/train/model.py), shapes read from one probe batch;
+1. config: a dataclass; every field is a ``--flag`` (``--no-flag`` for booleans, ``choices`` for enumerations);
+   ``--inputs`` names the observed fields, ``--targets`` maps heads to target fields (docs/training.md);
+2. data: a deterministic held-out split by episode; ``StreamingLoader`` over the training episodes reading
+   only the named fields and their ``.pad`` / ``.len`` masks; one pass over the first batches gathers shapes,
+   normalisation statistics and the trivial baselines, and runs the leak check on ``meta.frames``;
+3. model: ``LatentMotionModel`` (model.py) with one head per target (heads.py); masks drop padded and
+   absent rows from every loss, and a batch without a target field skips that head;
 4. loop: AdamW, warmup + cosine LR, bf16 autocast on CUDA, optional ``torch.compile``, gradient clipping;
-5. logs: loss per head, samples/s and the share of step time spent waiting for data, every ``log_every``;
-6. checkpoints: ``OUT/ckpt.pt`` holds model, optimiser and loader state; ``--resume auto`` continues
-   mid-epoch with the same sample order as an uninterrupted run.
+5. logs: loss and real target rows per head, samples/s, data-wait share; held-out metric vs baseline;
+6. checkpoints: ``OUT/ckpt.pt`` holds model, optimiser, loader state and the split; ``--resume auto``
+   continues mid-epoch with the same sample order, and refuses changed model flags.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -29,10 +33,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 from motiondata.errors import MotionDataError
-from motiondata.loader.streaming import StreamingLoader, available_fields
+from motiondata.loader.selection import split_episodes, store_episodes
+from motiondata.loader.streaming import StreamingLoader, resolve_shards
 from motiondata.loader.transfer import resolve_device
 from motiondata.store.layout import atomic_path
-from motiondata.train.model import HEAD_FIELDS, LatentMotionModel, ModelSpec, spec_from_batch
+from motiondata.train.evaluate import Meter, evaluate, fill, gather
+from motiondata.train.fields import choose_fields, names as _names, read_fields, store_fields
+from motiondata.train.leak import LeakCheck
+from motiondata.train.model import HEADS, LatentMotionModel, ModelSpec, field_spec
 from motiondata.usage import OneLineArgumentParser, UsageError, one_line
 
 log = logging.getLogger("motiondata.train")
@@ -47,15 +55,24 @@ def _opt(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     store: str = _opt("", "store directory, fsspec URL, or glob of shard tars (required)")
-    out: str = _opt("out/train", "directory for ckpt.pt")
-    heads: str = _opt("auto", "comma list of zm,flow,fast,keyframes; auto = every head the store has fields for")
+    out: str = _opt("out/train", "directory for ckpt.pt and eval.json")
+    inputs: str = _opt("auto", "comma list of observed fields; auto = every obs.* field of the store")
+    targets: str = _opt("auto", "comma list of head=field (heads: zm,flow,fast,keyframes,actions); auto = "
+                        "zm=target.zm,flow=target.flow,fast=target.fast,keyframes=target.codes,actions=target.actions")
+    heads: str = _opt("auto", "comma list of heads to train (of zm,flow,fast,keyframes,actions); auto = every head "
+                      "whose target the store has")
+    leak_check: str = _opt("strict", "strict: refuse targets inside the observed frames (needs meta.frames); off")
+    held_out: float = _opt(0.2, "share of episodes held out for evaluation (by episode id hash; 0 = none)")
+    eval_every: int = _opt(0, "evaluate on the held-out episodes every N steps (0 = only at the end)")
+    eval_batches: int = _opt(50, "held-out batches per evaluation (at most)")
+    stats_batches: int = _opt(20, "training batches read for normalisation statistics and baselines")
     # data
     batch_size: int = _opt(32, "samples per step on this rank")
     num_workers: int = _opt(2, "DataLoader worker processes")
     shuffle_buffer: int = _opt(256, "shuffle buffer size per worker (samples)")
     on_corrupt: str = _opt("skip", "corrupt shard policy: skip (warn) or raise")
     partial: str = _opt("auto", "epoch tail: drop (drop_last), wrap (pad by repeating), auto (drop unless no batch is left)")
-    seed: int = _opt(0, "seed of the model init and the sample order")
+    seed: int = _opt(0, "seed of the model init, the sample order and the split")
     # model
     d_model: int = _opt(256, "transformer width")
     n_layers: int = _opt(4, "transformer layers")
@@ -68,6 +85,7 @@ class TrainConfig:
     w_flow: float = _opt(1.0, "loss weight of the scene-flow head")
     w_fast: float = _opt(1.0, "loss weight of the FAST token head")
     w_keyframes: float = _opt(1.0, "loss weight of the keyframe-code head")
+    w_actions: float = _opt(1.0, "loss weight of the action-chunk head")
     # optimisation
     max_steps: int = _opt(1000, "optimiser steps in total (a resumed run counts the steps already done)")
     lr: float = _opt(3e-4, "peak learning rate")
@@ -84,10 +102,13 @@ class TrainConfig:
     resume: str = _opt("", "checkpoint to resume from; 'auto' = OUT/ckpt.pt when it exists")
 
 
+MODEL_FLAGS = ("inputs", "targets", "heads", "d_model", "n_layers", "n_heads", "patch", "dropout", "fast_vocab",
+               "keyframe_codes", "held_out", "seed")  # a resume with any of these changed is refused
 POSITIVE = ("batch_size", "d_model", "n_layers", "n_heads", "patch", "max_steps", "fast_vocab", "keyframe_codes",
-            "log_every")
-NON_NEGATIVE = ("num_workers", "shuffle_buffer", "warmup_steps", "ckpt_every", "grad_clip", "weight_decay", "dropout")
-CHOICES = {"on_corrupt": ("skip", "raise"), "partial": ("drop", "wrap", "auto")}
+            "log_every", "eval_batches", "stats_batches")
+NON_NEGATIVE = ("num_workers", "shuffle_buffer", "warmup_steps", "ckpt_every", "grad_clip", "weight_decay", "dropout",
+                "eval_every")
+CHOICES = {"on_corrupt": ("skip", "raise"), "partial": ("drop", "wrap", "auto"), "leak_check": ("strict", "off")}
 
 
 def _flag(name: str) -> str:
@@ -117,17 +138,21 @@ def _value_problem(cfg: TrainConfig) -> str | None:
     if bad:
         return f"{_flag(bad[0])} {getattr(cfg, bad[0])}: must be {'>= 1' if bad[0] in POSITIVE else '>= 0'}"
     ranges = (("lr", cfg.lr > 0, "> 0"), ("min_lr_ratio", 0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
-              ("dropout", cfg.dropout < 1, "< 1"))
+              ("dropout", cfg.dropout < 1, "< 1"), ("held_out", 0 <= cfg.held_out < 1, "in [0, 1)"))
     for name, ok, allowed in ranges:
         if not ok:
             return f"{_flag(name)} {getattr(cfg, name)}: must be {allowed}"
     if cfg.d_model % cfg.n_heads:
         return f"--d-model {cfg.d_model} is not a multiple of --n-heads {cfg.n_heads}; pick values that divide"
-    unknown = [h for h in cfg.heads.split(",") if h.strip() and h.strip() not in HEAD_FIELDS] \
-        if cfg.heads != "auto" else []
+    unknown = [h for h in _names(cfg.heads) if h not in HEADS] if cfg.heads != "auto" else []
     if unknown:
-        return f"--heads: unknown head(s) {unknown}; use auto or a comma list of {','.join(HEAD_FIELDS)}"
+        return f"--heads: unknown head(s) {unknown}; use auto or a comma list of {','.join(HEADS)}"
+    pairs = [t.partition("=") for t in _names(cfg.targets)] if cfg.targets != "auto" else []
+    bad = [h + s + f for h, s, f in pairs if h not in HEADS or not s or not f]
+    if bad:
+        return f"--targets: {bad[0]!r} is not head=field with a head of {','.join(HEADS)}; e.g. zm=target.zm"
     return None
+
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
@@ -167,27 +192,33 @@ def check_paths(cfg: TrainConfig) -> None:
 
 # ----------------------------------------------------------------------------- 2. data
 
-def choose_heads(cfg: TrainConfig, available: list[str]) -> list[str]:
-    """Heads to train: the requested ones whose fields the store has (skipped ones are logged)."""
-    if "vae.latents" not in available:
-        raise ValueError(f"store {cfg.store} has no 'vae.latents' (fields: {available}); the model needs them. "
-                         "Fix: add the vae stage to the pipeline spec and rebuild")
-    wanted = list(HEAD_FIELDS) if cfg.heads == "auto" else [h.strip() for h in cfg.heads.split(",") if h.strip()]
-    unknown = [h for h in wanted if h not in HEAD_FIELDS]
-    if unknown:
-        raise ValueError(f"unknown head(s) {unknown}; choose from {list(HEAD_FIELDS)}")
-    heads = [h for h in wanted if all(f in available for f in HEAD_FIELDS[h])]
-    for h in sorted(set(wanted) - set(heads)):
-        log.info("skipping head %s: the store lacks %s", h, [f for f in HEAD_FIELDS[h] if f not in available])
-    if not heads:
-        raise ValueError(f"no head can train on {cfg.store}: it has none of {sorted({f for fs in HEAD_FIELDS.values() for f in fs})}")
-    return heads
+def split(cfg: TrainConfig, ckpt: dict | None) -> dict[str, Any]:
+    """The held-out split by episode (the checkpoint's when resuming)."""
+    if ckpt is not None:
+        return ckpt["split"]
+    episodes = store_episodes(resolve_shards(cfg.store))
+    train_eps, held = split_episodes(episodes, cfg.held_out, cfg.seed) if cfg.held_out > 0 else (episodes, [])
+    log.info("episodes: %d train, %d held out %s", len(train_eps), len(held), held[:5])
+    return {"train": train_eps, "held_out": held, "fraction": cfg.held_out, "seed": cfg.seed}
 
 
-def make_loader(cfg: TrainConfig, fields: list[str], device: torch.device) -> StreamingLoader:
+def make_loader(cfg: TrainConfig, fields: list[str], device: torch.device, episodes: list[str]) -> StreamingLoader:
     return StreamingLoader(cfg.store, cfg.batch_size, fields, num_workers=cfg.num_workers,
                            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, on_corrupt=cfg.on_corrupt,
-                           partial=cfg.partial, device=device)
+                           partial=cfg.partial, device=device, episodes=episodes)
+
+
+def once(cfg: TrainConfig, fields: list[str], episodes: list[str], limit: int) -> Iterator[dict[str, Any]]:
+    """Each sample of ``episodes`` once, in store order, in at most ``limit`` batches (the last one trimmed)."""
+    if not episodes:
+        return
+    loader = StreamingLoader(cfg.store, cfg.batch_size, fields, shuffle=False, num_workers=0, partial="wrap",
+                             on_corrupt=cfg.on_corrupt, episodes=episodes)
+    left = loader.dataset.total
+    for batch, _ in zip(loader, range(limit)):
+        n = min(left, cfg.batch_size)
+        yield {k: v[:n] for k, v in batch.items()}
+        left -= n
 
 
 def forever(loader: StreamingLoader) -> Iterator[dict[str, Any]]:
@@ -197,25 +228,31 @@ def forever(loader: StreamingLoader) -> Iterator[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- 3. model
 
-def build_model(cfg: TrainConfig, heads: list[str], fields: list[str], spec: dict | None) -> LatentMotionModel:
-    if spec is None:  # shapes from one probe batch, read without touching the training loader's state
-        probe = next(iter(StreamingLoader(cfg.store, 2, fields, shuffle=False, num_workers=0, partial="wrap")))
-        hyper = {k: getattr(cfg, k) for k in ("fast_vocab", "keyframe_codes", "d_model", "n_layers", "n_heads",
-                                               "patch", "dropout")}
-        model_spec = spec_from_batch(probe, heads, **hyper)
-        check_ids(probe, model_spec)
-    else:
-        model_spec = ModelSpec(**spec)
-    return LatentMotionModel(model_spec)
-
-
-def check_ids(batch: dict[str, Any], spec: ModelSpec) -> None:
-    """Token / code ids must fit the configured vocabularies (checked once, on the probe batch)."""
-    for name, limit, flag in (("fast.tokens", spec.fast_vocab, "--fast-vocab"),
-                              ("keyframes.codes", spec.keyframe_codes, "--keyframe-codes")):
-        if name in batch and batch[name].numel() and int(batch[name].max()) >= limit:
-            raise ValueError(f"{name} holds id {int(batch[name].max())} >= {limit}; Fix: pass {flag} "
-                             "with the tokenizer's vocabulary / codebook size")
+def build_model(cfg: TrainConfig, ckpt: dict | None, parts: tuple, episodes: list[str]) -> LatentMotionModel:
+    """From the checkpoint's spec, or: shapes, statistics and the leak check from the first training batches."""
+    inputs, targets, valid = parts
+    if ckpt is not None:
+        return LatentMotionModel(ModelSpec(**ckpt["spec"]))
+    fields = read_fields(inputs + list(targets.values()) + ([valid] if valid else [])) + ["meta"]
+    probe = list(once(cfg, fields, episodes, cfg.stats_batches))
+    vocabs = {"fast": cfg.fast_vocab, "keyframes": cfg.keyframe_codes}
+    stats, metas = gather(probe, inputs, targets, vocabs, valid)
+    if cfg.leak_check == "strict":
+        LeakCheck(inputs, targets, store_fields(cfg.store)[1]).check([m["meta"] for m in metas], [m["key"] for m in metas])
+    first = {n: next(b for b in probe if n in b) for n in inputs + list(targets.values()) if any(n in b for b in probe)}
+    heads = {h: {**field_spec(first[f], f), **({"valid": valid} if h == "flow" else {})}
+             for h, f in targets.items() if f in first}
+    for head, flag in (("fast", "--fast-vocab"), ("keyframes", "--keyframe-codes")):
+        counts = stats[targets[head]].counts if head in heads else []
+        if len(counts) > vocabs[head] + (2 if head == "fast" else 0):
+            raise ValueError(f"{targets[head]} holds id {len(counts) - 1} >= {vocabs[head]}; Fix: pass {flag} with "
+                             "the tokenizer's vocabulary / codebook size")
+    spec = ModelSpec(inputs=[field_spec(first[f], f) for f in inputs if f in first], heads=heads,
+                     **{k: getattr(cfg, k) for k in ("fast_vocab", "keyframe_codes", "d_model", "n_layers", "n_heads",
+                                                      "patch", "dropout")})
+    model = LatentMotionModel(spec)
+    fill(model, stats)
+    return model
 
 
 # ----------------------------------------------------------------------------- 4. loop helpers
@@ -235,9 +272,9 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
 
 
 def save_checkpoint(path: Path, model: LatentMotionModel, optimizer: torch.optim.Optimizer,
-                    loader: StreamingLoader, cfg: TrainConfig, step: int) -> None:
+                    loader: StreamingLoader, cfg: TrainConfig, step: int, episodes: dict[str, Any]) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
-             "config": dataclasses.asdict(cfg), "spec": dataclasses.asdict(model.spec), "step": step}
+             "config": dataclasses.asdict(cfg), "spec": dataclasses.asdict(model.spec), "step": step, "split": episodes}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     log.info("saved %s at step %d (epoch %d, batch %d)", path, step, loader.epoch, loader.batches)
@@ -250,95 +287,101 @@ def load_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
     if not path.exists():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint; Fix: pass the ckpt.pt of an earlier run")
     log.info("resuming from %s", path)
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-class Meter:
-    """Loss per head, samples/s and data-wait share over one logging interval."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.start, self.wait, self.samples, self.losses = time.perf_counter(), 0.0, 0, []
-
-    def add(self, wait: float, samples: int, losses: dict[str, torch.Tensor]) -> None:
-        self.wait += wait
-        self.samples += samples
-        self.losses.append({k: v.detach() for k, v in losses.items()})
-
-    def flush(self, step: int) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self.start
-        per_step = [{k: float(v) for k, v in d.items()} for d in self.losses]  # one sync per interval
-        heads = {k: sum(d[k] for d in per_step) / len(per_step) for k in per_step[0]}
-        record = {"step": step, "loss": sum(d["total"] for d in per_step) / len(per_step), "heads": heads,
-                  "step_losses": [d["total"] for d in per_step], "samples_per_s": self.samples / elapsed,
-                  "data_wait": self.wait / elapsed}
-        self.reset()
-        return record
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    changed = [n for n in MODEL_FLAGS if ckpt["config"].get(n) != getattr(cfg, n)]
+    if changed:
+        n = changed[0]
+        raise UsageError(f"{_flag(n)} {getattr(cfg, n)} differs from the checkpoint's {ckpt['config'].get(n)} ({path}); "
+                         f"resume with the same model flags, or start a new --out")
+    return ckpt
 
 
 # ----------------------------------------------------------------------------- 5. train
 
-def setup(cfg: TrainConfig) -> tuple[LatentMotionModel, torch.optim.Optimizer, StreamingLoader, int]:
-    """Model, optimiser and loader, restored from a checkpoint when resuming; returns the step reached."""
+def setup(cfg: TrainConfig) -> tuple[LatentMotionModel, torch.optim.Optimizer, StreamingLoader, int, dict, list]:
+    """Model, optimiser, loader and split, restored from a checkpoint when resuming; returns the step reached."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(cfg)
-    available = available_fields(cfg.store)
-    heads = ckpt["spec"]["heads"] if ckpt else choose_heads(cfg, available)
-    fields = ["vae.latents", "text.embedding"] + [f for h in heads for f in HEAD_FIELDS[h]]
-    fields = [f for f in dict.fromkeys(fields) if f in available]
-    model = build_model(cfg, heads, fields, ckpt["spec"] if ckpt else None).to(device)
+    episodes = split(cfg, ckpt)
+    parts = choose_fields(cfg, store_fields(cfg.store)[0])
+    model = build_model(cfg, ckpt, parts, episodes["train"]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
-    loader = make_loader(cfg, fields, device)
-    if not ckpt:
-        return model, optimizer, loader, 0
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    loader.load_state_dict(ckpt["loader"])
-    return model, optimizer, loader, int(ckpt["step"])
+    inputs, targets, valid = parts
+    fields = read_fields([s["field"] for s in model.spec.inputs] + [h["field"] for h in model.spec.heads.values()]
+                         + ([valid] if valid else []))
+    loader = make_loader(cfg, fields, device, episodes["train"])
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        loader.load_state_dict(ckpt["loader"])
+    return model, optimizer, loader, int(ckpt["step"]) if ckpt else 0, episodes, fields
+
+
+def train_step(cfg: TrainConfig, model: torch.nn.Module, forward: Callable, optimizer: torch.optim.Optimizer,
+               batch: dict[str, Any], step: int) -> tuple[dict[str, tuple[torch.Tensor, int]], torch.Tensor]:
+    """One optimiser step over the heads whose targets the batch holds."""
+    device = next(model.parameters()).device
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    with autocast(cfg, device):  # tensors only: torch.compile need not guard on keys and meta
+        losses = forward({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+    loss = sum((getattr(cfg, f"w_{h}") * v for h, (v, n) in losses.items() if n), torch.zeros((), device=device))
+    optimizer.zero_grad(set_to_none=True)
+    if loss.requires_grad:
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+    return losses, loss
+
+
+def held_out(cfg: TrainConfig, model: LatentMotionModel, fields: list[str], episodes: dict, step: int) -> dict:
+    """Held-out metrics vs baselines, logged and written to OUT/eval.json."""
+    result = evaluate(model, once(cfg, fields, episodes["held_out"], cfg.eval_batches), next(model.parameters()).device)
+    for head, r in result.items():
+        log.info("step %d | held-out %s %s %.4f | baseline %.4f | %s", step, head, r["metric"], r["model"],
+                 r["baseline"], "beats baseline" if r["beats_baseline"] else "does NOT beat baseline")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(cfg.out) / "eval.json") as tmp:
+        Path(tmp).write_text(json.dumps({"step": step, "heads": result, "split": episodes}, indent=1))
+    return result
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, dict, dict], None] | None = None) -> list[dict[str, Any]]:
-    """Run the loop; returns the logged records (one per ``log_every`` steps and one at the end)."""
-    model, optimizer, loader, step = setup(cfg)
-    device, heads = next(model.parameters()).device, model.spec.heads
+    """Run the loop; returns the logged records (one per ``log_every`` steps and one at the end; evaluation
+    records carry ``eval``)."""
+    model, optimizer, loader, step, episodes, fields = setup(cfg)
     forward = torch.compile(model, dynamic=True) if cfg.compile else model
-    weights = {h: getattr(cfg, f"w_{h}") for h in heads}
-    log.info("heads %s | %.2fM params | %d batches/epoch | device %s", heads,
-             sum(p.numel() for p in model.parameters()) / 1e6, len(loader), device)
+    log.info("heads %s | inputs %s | %.2fM params | %d batches/epoch | device %s", dict(model.spec.heads.items()),
+             [s["field"] for s in model.spec.inputs], sum(p.numel() for p in model.parameters()) / 1e6, len(loader),
+             next(model.parameters()).device)
     records, meter, batches = [], Meter(), forever(loader)
     model.train()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         batch = next(batches)  # the only place the loop can wait for data
         wait = time.perf_counter() - t0
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with autocast(cfg, device):  # tensors only: torch.compile need not guard on keys and meta
-            losses = forward({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
-        loss = sum(weights[h] * losses[h] for h in heads)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        losses, loss = train_step(cfg, model, forward, optimizer, batch, step)
         step += 1
-        meter.add(wait, len(batch["__key__"]), {**losses, "total": loss})
+        meter.add(wait, len(batch["__key__"]), losses, loss)
         if on_step is not None:
-            on_step(step, batch, losses)
+            on_step(step, batch, {h: v for h, (v, n) in losses.items()})
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             records.append(meter.flush(step))
             log_record(records[-1])
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+            if not records or records[-1]["step"] != step:
+                records.append({"step": step})
+            records[-1]["eval"] = held_out(cfg, model, fields, episodes, step)
         if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.max_steps:
-            save_checkpoint(Path(cfg.out) / "ckpt.pt", model, optimizer, loader, cfg, step)
+            save_checkpoint(Path(cfg.out) / "ckpt.pt", model, optimizer, loader, cfg, step, episodes)
     return records
 
 
 def log_record(record: dict[str, Any]) -> None:
-    heads = " ".join(f"{k} {v:.4f}" for k, v in record["heads"].items() if k != "total")
+    heads = " ".join(f"{k} {v:.4f} ({record['rows'].get(k, 0)} rows)" for k, v in record["heads"].items() if k != "total")
     log.info("step %d | loss %.4f | %s | %.1f samples/s | data wait %.1f%%", record["step"], record["loss"], heads,
              record["samples_per_s"], 100 * record["data_wait"])
 

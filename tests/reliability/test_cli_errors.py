@@ -100,18 +100,26 @@ def test_schema_accepts_every_shipped_pipeline_and_the_samples_block():
         parse_spec({**data, "samples": {"fields": {"actions": {"from": "actions", "offsets": {"start": 0}}}}})
 
 
-def test_unimplemented_frame_mode_is_refused_not_ignored(tmp_path, capsys, hdf5, monkeypatch):
-    from dataclasses import fields
+def test_frame_mode_is_applied_not_ignored(tmp_path, hdf5):
+    """frames.mode reaches the build: pad letterboxes a square source into a wide frame, crop fills it, and
+    an unknown mode is a one-line usage error."""
+    from motiondata.store.shards import iter_shard
 
-    from motiondata.pipeline.transforms import Resize
-
-    monkeypatch.setattr(runner, "run_job", fake_run_job(AssertionError("run_job must not be reached")))
-    path = tmp_path / "mode.yaml"
-    path.write_text(f"sources: [{{kind: hdf5, path: {hdf5}}}]\nframes: {{size: [16, 16], mode: pad}}\n")
-    code = main(["build", str(path), "--out", str(tmp_path / "out"), "--executor", "local", "--json"])
-    if "mode" in {f.name for f in fields(Resize)}:
-        return  # implemented: nothing to refuse
-    assert code == 2 and "frames.mode: pad is not implemented" in json.loads(capsys.readouterr().out)["error"]
+    firsts = {}
+    for mode in ("pad", "crop"):
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(f"sources: [{{kind: hdf5, path: {hdf5}}}]\nframes: {{size: [16, 32], mode: {mode}}}\n"
+                        "windows: {length: 4, stride: 4}\n")
+        assert main(["build", str(path), "--out", str(tmp_path / mode), "--executor", "local", "-q"]) == 0
+        sample = next(iter(iter_shard(tmp_path / mode / "shards" / "shard-000000.tar")))
+        firsts[mode] = next(v for k, v in sample.items() if k.startswith("rgb."))
+    pad, crop = firsts["pad"], firsts["crop"]
+    assert pad.shape[1:3] == crop.shape[1:3] == (16, 32)
+    assert not pad[:, :, :8].any() and not pad[:, :, -8:].any() and pad[:, :, 8:24].any()  # black borders
+    assert crop[:, :, :8].any() and crop[:, :, -8:].any()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"sources: [{{kind: hdf5, path: {hdf5}}}]\nframes: {{size: [16, 32], mode: zoom}}\n")
+    assert main(["build", str(bad), "--out", str(tmp_path / "bad"), "--executor", "local"]) == 2
 
 
 def test_missing_spec_input_and_source_paths_exit_2(tmp_path, capsys, spec):
