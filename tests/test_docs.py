@@ -7,6 +7,7 @@ How a page marks its blocks (the first word of the info string is the language, 
   the last non-blank line above the fence is ``<!-- norun: the one-line reason -->``. Even so, a norun
   `motiondata SUB --flag` must use flags that `motiondata SUB -h` lists, and a norun python block must
   compile and its imports must resolve.
+- ```bash exit=N: run, and exit N is expected (a command documented to fail, e.g. validate on a bad store).
 - ```python signature=package.module: an API signature, not run; every `name(params)` in it must match
   ``inspect.signature`` of ``package.module.name`` (parameter names, in order).
 - ```yaml: must parse with ``yaml.safe_load``; a spec or a spec fragment (top-level spec keys, or a bare
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.slow
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 RUN_LANGS = {"bash", "sh", "shell", "python", "py"}
 PY_LANGS = {"python", "py"}
-KNOWN_ATTRS = {"run", "norun", "signature"}
+KNOWN_ATTRS = {"run", "norun", "signature", "exit"}
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 NORUN_REASON = re.compile(r"^<!--\s*norun:\s*(\S.*?)\s*-->$")
 MACHINE_PATHS = re.compile(r"(?<![\w.~-])/(?:work|root|home|tmp)/")
@@ -165,12 +166,24 @@ def test_blocks_are_marked():
             problems.append(f"{b.where}: unknown info-string attribute(s) {sorted(unknown)} (use run / norun)")
         if b.mode == "norun" and not b.reason:
             problems.append(f"{b.where}: a norun block needs `<!-- norun: REASON -->` on the line above it")
+        if "exit" in b.attrs and not b.attrs["exit"].isdigit():
+            problems.append(f"{b.where}: write exit=N with N the expected exit code")
         if b.mode == "signature" and not b.attrs["signature"]:
             problems.append(f"{b.where}: write ```python signature=package.module")
     assert not problems, "\n".join(problems)
 
 
 SPEC_KEYS = {"name", "sources", "frames", "windows", "shards", "stages", "ray", "output", "samples"}
+
+
+COMMAND = re.compile(r"^\s*(?:\$ )?(?:motiondata|\.venv/bin/\S+|python3?|make|ray|pip) ", re.M)
+
+
+def test_commands_are_labeled():
+    """A block of shell commands says so (```bash, or ```bash norun with a reason), so it is run or explained."""
+    unlabeled = [f"{b.where}: {COMMAND.search(b.text).group(0).strip()} ... in a ```{b.lang} block"
+                 for b in ALL_BLOCKS if b.mode == "prose" and COMMAND.search(b.text)]
+    assert not unlabeled, "label these blocks ```bash (run) or ```bash norun:\n" + "\n".join(unlabeled)
 
 
 @pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.mode == "yaml"], ids=_ids)
@@ -352,9 +365,10 @@ def test_page_blocks_run(page, demo_stores, tmp_path):
     failures = []
     for block in blocks:
         done = run_block(block, cwd)
-        if done.returncode != 0:
+        expected = int(block.attrs.get("exit") or 0)
+        if done.returncode != expected:
             tail = "\n    ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
-            failures.append(f"{block.where} ({block.lang}) exited {done.returncode}:\n    {tail}")
+            failures.append(f"{block.where} ({block.lang}) exited {done.returncode}, not {expected}:\n    {tail}")
     assert not failures, f"{len(failures)} documented block(s) of {page} fail:\n" + "\n".join(failures)
 
 

@@ -8,6 +8,7 @@ ran on, and decoded back:
     keyframes   PSNR of the VQGAN decode vs the stored frame      PSNR < keyframe_psnr
     fast        max |round trip - actions| (normalised units)    > 0.5 / scale * sqrt(T) (the rounding bound)
     flow        share of valid point-steps of a query frame      < flow_valid
+                (over the steps the episode has frames for)
 
 A causal VAE row needs its history, so VAE rows are sampled among the first ``max_latents`` latent frames
 of an episode (the decode runs from frame 0). Thresholds come from the flags, else the spec's
@@ -109,7 +110,13 @@ def _check_rows(kind: str, stage: Any, tables: dict[str, Table], rows: list[int]
         c = dc.fast_check(stage, sub, float(attrs.get("fps") or 1))
         return [{"frame": int(f), "value": float(v), "bound": c.bound, "check": c} for f, v in zip(c.starts, c.error)]
     c = dc.flow_check(stage, sub)
-    return [{"frame": int(q), "value": float(v), "check": c} for q, v in zip(c.queries, c.valid.mean(axis=(1, 2)))]
+    length, steps = int(attrs.get("length") or 0), c.valid.shape[-1]
+    out = []
+    for q, valid in zip(c.queries, c.valid):  # only the steps the episode has frames for can be valid
+        usable = steps if stage.resample_path is not None or not length else min(steps, length - 1 - int(q))
+        if usable > 0:
+            out.append({"frame": int(q), "value": float(valid[:, :usable].mean()), "check": c})
+    return out
 
 
 def _verdict(kind: str, result: dict, limits: dict[str, float]) -> str | None:
