@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -173,7 +174,7 @@ def test_blocks_are_marked():
     assert not problems, "\n".join(problems)
 
 
-SPEC_KEYS = {"name", "sources", "frames", "windows", "shards", "stages", "ray", "output", "samples"}
+SPEC_KEYS = set(json.loads((REPO / "schemas" / "spec.schema.json").read_text())["properties"])
 
 
 COMMAND = re.compile(r"^\s*(?:\$ )?(?:motiondata|\.venv/bin/\S+|python3?|make|ray|pip) ", re.M)

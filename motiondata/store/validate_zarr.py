@@ -62,6 +62,10 @@ def _read_all(eid: str, path: str, node: zarr.Array, tally: Counter) -> list[str
     tally["chunks"] += node.nchunks
     if not _has_checksum(node):
         tally["arrays_without_checksum"] += 1
+    elif node.nchunks_initialized < node.nchunks:  # new stores write every chunk: a missing file is damage
+        return [f"episodes.zarr/{eid}: array {path}: {node.nchunks - node.nchunks_initialized} of {node.nchunks} "
+                f"chunk files are missing (zarr would serve zeros); rebuild the shard that holds episode {eid} "
+                "(delete its shards/*.json and rerun `motiondata build`)"]
     try:
         if node.nbytes <= WHOLE_ARRAY_BYTES:
             node[...]

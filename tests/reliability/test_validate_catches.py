@@ -178,6 +178,13 @@ def test_flipped_zarr_chunk_byte_is_detected_in_deep_mode(store):
     assert report["ok"] and any("chunks" in s for s in report["skipped"])
 
 
+def test_deleted_zarr_chunk_is_detected_not_served_as_zeros(store):
+    chunk = zarr_episode(store, "ep_1_0") / "actions" / "c" / "0" / "0"
+    chunk.unlink()  # zarr alone would read the fill value (zeros) here
+    problems = validate_store(store)
+    assert any(p.startswith("episodes.zarr/ep_1_0: array actions") and "missing" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("kind", sorted(BAD_HEADERS))
 def test_malformed_npy_header_is_named_without_allocating(store, kind):
     members = tar_members(shard_tar(store, 0))
