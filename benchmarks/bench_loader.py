@@ -321,7 +321,7 @@ def store_windows(store: Path, demos: list[str]) -> list[tuple[str, int, int]] |
 def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict, list, list[str], Path, dict[str, str]]:
     """Source HDF5 (or a synthetic one), its mp4s, the windows, and the store (or a stand-in)."""
     h5 = Path(args.hdf5)
-    setup = {"source HDF5": str(h5)}
+    setup = {"source HDF5": os.path.relpath(h5, ROOT)}
     if not h5.exists():
         h5 = synthetic_hdf5(workdir / "synthetic.hdf5")
         setup["source HDF5"] = f"{args.hdf5} absent: synthetic file of the same layout (5 demos x 80 frames, 2 cams, gzip)"
@@ -329,7 +329,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, dict, list, 
     videos = encode_videos(h5, cams, workdir)
     store = Path(args.store)
     if (store / "manifest.json").exists():
-        setup["store"] = str(store)
+        setup["store"] = os.path.relpath(store, ROOT)
         from_store = store_windows(store, sorted({w[0] for w in windows}))
         note = "the store's own windows" if from_store else f"windows of {WINDOW} frames every {STRIDE} (store ids do not name demos)"
         windows = from_store or windows

@@ -96,8 +96,8 @@ def render(before: dict, after: dict) -> str:
              "`pipelines/demo_windows.yaml` (first-round layout: one 17-frame window every 8 frames, raw RGB + depth "
              "in every sample, the VAE re-encoding overlapping windows) against `pipelines/demo.yaml` (the same "
              "sources and stages through episode tables: one causal VAE encode per episode, and a recipe with "
-             "one anchor every 8 frames, one JPEG frame, 10 actions, 4 latent frames, z_m, keyframe codes, flow "
-             "and text per sample). Built in-process, one after the other, in one run "
+             "one anchor every 8 frames: one JPEG frame, 4 latent frames, z_m and text per sample, plus 10 actions, "
+             "FAST tokens, keyframe codes and flow on the robot samples). Built in-process, one after the other, in one run "
              "(`python -m benchmarks.bench_recipes`). "
              f"{before['frames']} input frames; the VAE counts are the frames fed to the encoder.", "",
              "| | windows | recipe | recipe / windows |", "|---|---:|---:|---:|"]

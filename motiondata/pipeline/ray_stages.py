@@ -25,12 +25,10 @@ from motiondata.errors import SourceError
 from motiondata.pipeline import isolation
 from motiondata.pipeline.plan import ShardPlan, open_spec_source
 from motiondata.pipeline.recipe import recipe_of
-from motiondata.pipeline.resume import remove_episode_groups
-from motiondata.pipeline.shard_task import ShardBuilder, job_stages
+from motiondata.pipeline.shard_task import ShardBuilder, build_isolated, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.table_build import run_stage, start_item
 from motiondata.pipeline.transforms import WindowSamples, prepare_transforms
-from motiondata.store import layout
 from motiondata.store.errors_log import error_record
 
 log = logging.getLogger(__name__)
@@ -239,22 +237,5 @@ class PrecomputedShard(ShardBuilder):
 def write_shard_from(spec: JobSpec, plan: ShardPlan, out: str, *results: dict[str, Any]) -> dict[str, Any]:
     """Task body: write one shard from its units' results (``build_shard``'s guarantees: the previous
     manifest is removed first, a unit crashing the write is isolated, the manifest is written last)."""
-    out_path = Path(out)
     by_key = {r["key"]: r for r in results}
-    previous = isolation.take_previous(out_path, plan.index)
-    while True:
-        builder = PrecomputedShard(spec, plan, out_path, by_key)
-        try:
-            manifest = builder.build()
-            break
-        except Exception as exc:
-            blamed = isolation.culprit(getattr(builder, "current", None), plan)
-            if blamed is None:
-                isolation.discard(out_path, plan, previous)
-                raise
-            log.warning("%s: unit %s crashed the shard (%s); rebuilding without it",
-                        layout.shard_name(plan.index), blamed["key"], exc)
-            plan = plan.excluding(blamed["key"], f"crashed its shard: {isolation.short_reason(exc)}")
-            remove_episode_groups(out_path, [blamed["episode"]])
-    isolation.drop_stale_groups(out_path, previous, manifest)
-    return manifest
+    return build_isolated(lambda p: PrecomputedShard(spec, p, Path(out), by_key), plan, Path(out))

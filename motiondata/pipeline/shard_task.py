@@ -238,26 +238,32 @@ class ShardBuilder:
         return manifest
 
 
-def build_shard(spec: JobSpec, plan: ShardPlan, out: str | Path) -> dict[str, Any]:
-    """Build one shard with torch pinned to one intra-op thread (same bytes on Ray and in-process). A unit
-    whose exception escapes the build is isolated: the shard is rebuilt without it and it becomes one
-    ``shard`` error record; an exception no unit can be blamed for fails the shard, leaving nothing behind."""
-    out = Path(out)
+def build_isolated(make_builder: Any, plan: ShardPlan, out: Path) -> dict[str, Any]:
+    """Run ``make_builder(plan).build()``; a unit whose exception escapes it is isolated (the shard is rebuilt
+    without it and it becomes one ``shard`` error record); an exception no unit can be blamed for fails the
+    shard, leaving nothing behind. The previous manifest is removed first; the new one is written last."""
     previous = isolation.take_previous(out, plan.index)
-    with isolation.single_thread():
-        while True:
-            builder = ShardBuilder(spec, plan, out)
-            try:
-                manifest = builder.build()
-                break
-            except Exception as exc:
-                blamed = isolation.culprit(getattr(builder, "current", None), plan)
-                if blamed is None:
-                    isolation.discard(out, plan, previous)
-                    raise
-                log.warning("%s: unit %s crashed the shard (%s); rebuilding without it",
-                            layout.shard_name(plan.index), blamed["key"], exc)
-                plan = plan.excluding(blamed["key"], f"crashed its shard: {isolation.short_reason(exc)}")
-                remove_episode_groups(out, [blamed["episode"]])
+    while True:
+        builder = make_builder(plan)
+        try:
+            manifest = builder.build()
+            break
+        except Exception as exc:
+            blamed = isolation.culprit(getattr(builder, "current", None), plan)
+            if blamed is None:
+                isolation.discard(out, plan, previous)
+                raise
+            log.warning("%s: unit %s crashed the shard (%s); rebuilding without it",
+                        layout.shard_name(plan.index), blamed["key"], exc)
+            plan = plan.excluding(blamed["key"], f"crashed its shard: {isolation.short_reason(exc)}")
+            remove_episode_groups(out, [blamed["episode"]])
     isolation.drop_stale_groups(out, previous, manifest)
     return manifest
+
+
+def build_shard(spec: JobSpec, plan: ShardPlan, out: str | Path) -> dict[str, Any]:
+    """Build one shard (see :func:`build_isolated`) with torch pinned to one intra-op thread, so Ray and
+    in-process builds write the same bytes."""
+    out = Path(out)
+    with isolation.single_thread():
+        return build_isolated(lambda p: ShardBuilder(spec, p, out), plan, out)
