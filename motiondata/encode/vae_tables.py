@@ -34,28 +34,9 @@ def stream_encode_wan(vae: Any, frames: np.ndarray) -> np.ndarray:
     """Causal Wan encode of ``(T, H, W, 3)`` one latent frame at a time -> normalised ``(T', C, h, w)``.
 
     Same arithmetic as ``AutoencoderKLWan._encode`` (frame 0 alone, then 4 frames per latent, through
-    the encoder's feature cache; ``quant_conv`` is a 1x1x1 convolution, so it runs per chunk)."""
-    model = vae.model
-    usable = 1 + 4 * ((len(frames) - 1) // 4)
-    bounds = [(0, 1)] + [(1 + 4 * i, 5 + 4 * i) for i in range((usable - 1) // 4)]
-    out = []
-    with inference_mode(vae.device):
-        model.clear_cache()
-        try:
-            for start, stop in bounds:
-                x = _pixels(frames[start:stop], vae.device, vae.dtype)
-                if model.config.patch_size is not None:
-                    from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
-
-                    x = patchify(x, patch_size=model.config.patch_size)
-                model._enc_conv_idx = [0]
-                h = model.encoder(x, feat_cache=model._enc_feat_map, feat_idx=model._enc_conv_idx)
-                mu = model.quant_conv(h)[:, : model.config.z_dim]
-                out.append(vae.normalize(mu)[0].permute(1, 0, 2, 3).cpu().numpy())
-                ENCODER_CALLS["frames"] += stop - start
-        finally:
-            model.clear_cache()
-    return np.concatenate(out, axis=0).astype(np.float32)
+    the encoder's feature cache; ``quant_conv`` is a 1x1x1 convolution, so it runs per chunk): the lockstep
+    encode of :func:`stream_encode_wan_batch` with one episode."""
+    return stream_encode_wan_batch(vae, [frames])[0]
 
 
 def stream_encode_wan_batch(vae: Any, clips: list[np.ndarray]) -> list[np.ndarray]:

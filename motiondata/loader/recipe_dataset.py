@@ -20,8 +20,8 @@ import yaml
 from torch.utils.data import Dataset
 
 from motiondata.errors import SpecError, StoreError
-from motiondata.pipeline.recipe import Recipe, cut_sample, parse_recipe
-from motiondata.pipeline.table_build import load_tables
+from motiondata.pipeline.recipe import Recipe, anchor_kept, cut_sample, parse_recipe
+from motiondata.pipeline.table_build import info_from_attrs, load_tables
 from motiondata.store.episodes_zarr import episode_attrs, list_episodes
 
 
@@ -77,15 +77,13 @@ class RecipeDataset(Dataset):
             if len(self._cache) >= 4:
                 self._cache.pop(next(iter(self._cache)))
             tables, attrs = load_tables(self.store, episode, self.recipe.tables(), strict=False)
-            info = {"id": episode, "source": attrs.get("source", ""), "fps": attrs.get("fps", 0.0),
-                    "language": attrs.get("language", ""), "length": attrs.get("length", 0)}
-            self._cache[episode] = (tables, info)
+            self._cache[episode] = (tables, info_from_attrs(episode, attrs))
         return self._cache[episode]
 
     def _anchors(self, episode: str) -> list[int]:
         tables, info = self._tables(episode)
         return [a for a in self.recipe.anchors(int(info["length"]))
-                if not self.recipe.drop_padded or cut_sample(self.recipe, tables, info, a, encode=False)]
+                if not self.recipe.drop_padded or anchor_kept(self.recipe, tables, info, a)]
 
     def get(self, episode: str, anchor: int) -> dict[str, Any]:
         if episode not in self.episodes:

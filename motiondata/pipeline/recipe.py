@@ -192,6 +192,26 @@ def _images(recipe: Recipe, source: str, values: np.ndarray, name: str, encode: 
     return {f"{name}.{k}": e for k, e in enumerate(encoded)}
 
 
+def table_for(spec: FieldRecipe, tables: dict[str, Table], info: dict[str, Any]) -> Table | None:
+    """The table a field reads (None: absent and the field is optional); a missing required table raises."""
+    table = tables.get(spec.source)
+    if table is None and not spec.optional:
+        raise SpecError(f"recipe field {spec.name!r} reads table {spec.source!r}, which episode {info['id']!r} "
+                        f"does not have (it has {sorted(tables)}); add the stage that makes it or fix `from:`")
+    return table
+
+
+def anchor_kept(recipe: Recipe, tables: dict[str, Table], info: dict[str, Any], anchor: int) -> bool:
+    """Whether ``anchor`` makes a sample: no ``drop_padded`` field is padded there (rows only, no gather)."""
+    length, fps = int(info["length"]), float(info["fps"])
+    for spec in recipe.fields:
+        if spec.name not in recipe.drop_padded or (table := table_for(spec, tables, info)) is None:
+            continue
+        if None in rows_for(spec, table, anchor, recipe.frame_offsets(spec, fps), length):
+            return False
+    return True
+
+
 def cut_sample(recipe: Recipe, tables: dict[str, Table], info: dict[str, Any], anchor: int,
                encode: bool = True) -> dict[str, Any] | None:
     """One sample at ``anchor`` (None when a ``drop_padded`` field would be padded)."""
@@ -199,12 +219,9 @@ def cut_sample(recipe: Recipe, tables: dict[str, Table], info: dict[str, Any], a
     sample: dict[str, Any] = {"__key__": f"{info['id']}_t{anchor:06d}"}
     frames: dict[str, list[int]] = {}
     for spec in recipe.fields:
-        table = tables.get(spec.source)
-        if table is None and spec.optional:
-            continue
+        table = table_for(spec, tables, info)
         if table is None:
-            raise SpecError(f"recipe field {spec.name!r} reads table {spec.source!r}, which episode {info['id']!r} "
-                            f"does not have (it has {sorted(tables)}); add the stage that makes it or fix `from:`")
+            continue
         rows = rows_for(spec, table, anchor, recipe.frame_offsets(spec, fps), length)
         pad = np.array([r is None for r in rows], dtype=bool)
         if spec.name in recipe.drop_padded and pad.any():

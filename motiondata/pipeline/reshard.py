@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from motiondata.errors import MotionDataError, StoreError
 from motiondata.loader.recipe_dataset import resolve_recipe
 from motiondata.pipeline.recipe import Recipe, cut_samples
-from motiondata.pipeline.table_build import load_tables
+from motiondata.pipeline.table_build import info_from_attrs, load_tables
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import list_episodes
 from motiondata.store.manifest import read_shard_manifest, write_shard_manifest
@@ -42,9 +42,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _samples(store: Path, recipe: Recipe, episodes: list[str], records: list[dict]) -> Iterator[dict[str, Any]]:
     for episode in episodes:
         tables, attrs = load_tables(store, episode, recipe.tables(), strict=False)
-        info = {"id": episode, "source": attrs.get("source", ""), "fps": attrs.get("fps", 0.0),
-                "language": attrs.get("language", ""), "length": attrs.get("length", 0)}
-        for sample in cut_samples(recipe, tables, info):
+        for sample in cut_samples(recipe, tables, info_from_attrs(episode, attrs)):
             records.append({"key": sample["__key__"], "episode": episode, "window": sample["meta"]["anchor"],
                             "status": "ok"})
             yield sample

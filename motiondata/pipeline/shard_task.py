@@ -23,7 +23,6 @@ from motiondata.pipeline.registry import build_stages
 from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP, encode_group
 from motiondata.pipeline.recipe import cut_samples, recipe_of
 from motiondata.pipeline.spec import JobSpec
-from motiondata.pipeline.stage import Window
 from motiondata.pipeline.table_build import episode_info, zarr_payload
 from motiondata.pipeline.resume import remove_episode_groups
 from motiondata.pipeline.transforms import WindowSamples, prepare_transforms
@@ -36,7 +35,12 @@ from motiondata.store.stats import RunningStats, write_partial_stats
 
 log = logging.getLogger(__name__)
 BASE_PREFIXES = ("rgb.", "depth.")
-_ANCHOR = Window(0, 0, 1)
+
+
+def _episode_attrs(episode: Episode) -> dict[str, Any]:
+    """The Zarr group attributes every stored episode carries (windowed and recipe stores alike)."""
+    return {"id": episode.id, "source": episode.source, "fps": float(episode.fps), "language": episode.language,
+            "length": episode.length, "cameras": episode.cameras, "metadata": episode.metadata}
 
 
 @functools.lru_cache(maxsize=4)
@@ -116,19 +120,18 @@ class ShardBuilder:
         except Exception as exc:
             self.errors.append(error_record(file, episode.id, "recipe", f"{type(exc).__name__}: {exc}"))
             return False
-        item["windows"] = [dataclasses.replace(_ANCHOR, index=s["meta"]["anchor"], start=s["meta"]["anchor"])
-                           for s in item["samples"]]
         return True
 
     def store_tables(self, item: dict[str, Any]) -> None:
         episode: Episode = item["episode"]
         arrays, attrs = zarr_payload(item)
-        attrs.update({"id": episode.id, "source": episode.source, "fps": float(episode.fps),
-                      "language": episode.language, "length": episode.length, "cameras": episode.cameras,
-                      "metadata": episode.metadata, "anchors": [s["meta"]["anchor"] for s in item["samples"]],
+        attrs.update({**_episode_attrs(episode), "anchors": [s["meta"]["anchor"] for s in item["samples"]],
                       "recipe": self.recipe.to_dict(), **item.get("attrs", {})})
         self.write_group(item, arrays, attrs)
         self.produced.append((episode.source, sorted(item["tables"])))
+        self.add_stats(episode)
+
+    def add_stats(self, episode: Episode) -> None:
         for name in VECTOR_FIELDS:
             if getattr(episode, name) is not None:
                 self.stats.update(name, getattr(episode, name))
@@ -153,13 +156,9 @@ class ShardBuilder:
                     continue
                 if isinstance(value, np.ndarray):
                     window_fields.setdefault(name, []).append(value)
-        attrs = {"id": episode.id, "source": episode.source, "fps": float(episode.fps), "language": episode.language,
-                 "length": episode.length, "cameras": episode.cameras, "metadata": episode.metadata,
-                 "windows": [[w.start, w.length] for w in item["windows"]]}
+        attrs = {**_episode_attrs(episode), "windows": [[w.start, w.length] for w in item["windows"]]}
         write_episode(self.out, episode.id, arrays, attrs, window_fields)
-        for name in VECTOR_FIELDS:
-            if getattr(episode, name) is not None:
-                self.stats.update(name, getattr(episode, name))
+        self.add_stats(episode)
 
     def recipe_samples(self) -> Iterator[dict[str, Any]]:
         """Recipe mode: read a group of units, run the stages over the group (batched where a stage can),
@@ -198,9 +197,9 @@ class ShardBuilder:
         episode: Episode = item["episode"]
         self.store_episode(item)
         self.episodes.append(episode.id)
-        for window, sample in zip(item["windows"], item["samples"]):
+        for sample in item["samples"]:  # meta.window: the window index, or the anchor of a recipe sample
             self.records.append({"key": sample["__key__"], "episode": episode.id,
-                                 "window": window.index, "status": "ok"})
+                                 "window": sample["meta"]["window"], "status": "ok"})
             yield {k: v for k, v in sample.items() if not k.startswith("_") or k == "__key__"}
 
     def stage_entries(self) -> list[dict[str, Any]]:

@@ -40,8 +40,15 @@ def run_stage(stage: Any, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def episode_info(episode: Episode) -> dict[str, Any]:
+    """What a recipe needs to know of an episode (``cut_samples``'s ``info``)."""
     return {"id": episode.id, "source": episode.source, "fps": float(episode.fps),
             "language": episode.language, "length": episode.length}
+
+
+def info_from_attrs(episode_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """:func:`episode_info` of a stored episode, from its Zarr group attributes."""
+    return {"id": episode_id, "source": attrs.get("source", ""), "fps": attrs.get("fps", 0.0),
+            "language": attrs.get("language", ""), "length": attrs.get("length", 0)}
 
 
 def zarr_payload(item: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
