@@ -36,3 +36,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+from tests.s3_server import s3_bucket, s3_server  # noqa: E402,F401  (fixtures for the object-storage tests)
