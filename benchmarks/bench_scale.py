@@ -2,12 +2,14 @@
 
 1. planning: ``plan_shards`` over N synthetic units of one source (a LeRobot-style episode index: no file
    probing), seconds and peak RSS growth;
-2. finalize: ``outcome.merge_stats`` over N shard partials (tree of CHUNK-shard leaves in processes);
+2. finalize: ``outcome.merge_stats`` over N binary shard partials (tree of CHUNK-shard leaves in processes)
+   and one process's rate (sizes the machine), the same for older stores' JSON partials; manifest.json
+   bytes at N shards (the shard list in shards/index.jsonl);
 3. streaming executor busy share: a stand-in GPU encoder (sleeps per batch) on ``ray.init(num_gpus=1)``,
    sum of its call times / the job's wall time while decoding runs in parallel tasks;
 4. per-stage CPU cost per frame on the demo spec (decode + each stage, one thread).
 
-    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 20000] [--skip-ray]
+    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 250000] [--skip-ray] [--only-finalize]
 """
 
 from __future__ import annotations
@@ -56,27 +58,127 @@ def bench_plan(count: int) -> dict:
     return {"units": count, "shards": len(plans), "seconds": seconds, "rss_mib": grown, "errors": len(errors)}
 
 
-def bench_merge(shards: int) -> dict:
-    from motiondata.pipeline import outcome
+def _partials(out: Path, shards: int, fmt: str) -> int:
+    """``shards`` partials (hard links of one: 4 LIBERO-size episodes, 7 + 9 dims) in ``fmt`` (bin / json)."""
+    from motiondata.store import layout
     from motiondata.store.stats import RunningStats, write_partial_stats
 
     rng = np.random.default_rng(0)
+    part = RunningStats()
+    part.update("actions", rng.normal(size=(4 * 120, 7)))
+    part.update("state", rng.normal(size=(4 * 120, 9)))
+    first = write_partial_stats(out, 0, part)
+    if fmt == "json":
+        first.unlink()
+        first = layout.shard_stats_json(out, 0)
+        first.write_text(json.dumps(part.to_dict(), sort_keys=True, separators=(",", ":")) + "\n")
+    where = layout.shard_stats if fmt == "bin" else layout.shard_stats_json
+    for i in range(1, shards):
+        if i % 50_000 == 0:  # a file takes at most 65,000 hard links (ext4): start from a copy
+            shutil.copyfile(first, where(out, i))
+            first = where(out, i)
+        else:
+            os.link(first, where(out, i))
+    return first.stat().st_size
+
+
+def bench_merge(shards: int, fmt: str = "bin", per_core: int = 4096) -> dict:
+    """``outcome.merge_stats`` over ``shards`` partials (leaves in all cores), and one process's rate on
+    ``per_core`` shards (``merge_leaf`` in this process): the per-core cost that sizes a machine."""
+    from motiondata.pipeline import outcome
+
     out = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     (out / "shards").mkdir()
-    part = RunningStats()
-    part.update("actions", rng.normal(size=(4 * 120, 7)))  # 4 LIBERO-size episodes per shard
-    part.update("state", rng.normal(size=(4 * 120, 9)))
-    write_partial_stats(out, 0, part)
-    first = out / "shards" / "shard-000000.stats.json"
-    for i in range(1, shards):
-        os.link(first, out / "shards" / f"shard-{i:06d}.stats.json")
-    size = first.stat().st_size
+    try:
+        size = _partials(out, shards, fmt)
+        start = time.perf_counter()
+        outcome.merge_stats(out, list(range(shards)))
+        seconds = time.perf_counter() - start
+        one = min(per_core, shards)
+        start = time.perf_counter()
+        for chunk in range(0, one, outcome.CHUNK):
+            outcome.merge_leaf(str(out), list(range(chunk, min(chunk + outcome.CHUNK, one))))
+        core_ms = 1e3 * (time.perf_counter() - start) / one
+    finally:
+        shutil.rmtree(out)
+    return {"shards": shards, "format": fmt, "seconds": seconds, "partial_bytes": size,
+            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count(), "core_ms_per_shard": core_ms,
+            "cores_for_30s_at_250k": 250_000 * core_ms / 1e3 / 30}
+
+
+def bench_reads(shards: int) -> dict:
+    """finalize's ``_done_manifests`` (one read + one tar stat per shard, in this process) over ``shards`` hard
+    links of one shard manifest of 4 episodes x 10 samples; one process's rate on 4096 of them; and the
+    same read in chunks in processes."""
+    from types import SimpleNamespace
+
+    from motiondata.pipeline.runner import _done_manifests
+    from motiondata.store import layout
+    from motiondata.store.manifest import done_manifest, write_shard_manifest
+
+    out = Path(tempfile.mkdtemp(prefix="bench_reads_"))
+    try:
+        layout.shard_tar(out, 0).parent.mkdir(parents=True)
+        layout.shard_tar(out, 0).write_bytes(b"\0" * 10240)
+        keys = [f"e{e}_w{w:04d}" for e in range(4) for w in range(10)]
+        write_shard_manifest(out, 0, {
+            "sha256": "0" * 64, "bytes": 10240, "num_samples": 40, "keys": keys, "fields": {},
+            "samples": [{"key": k, "episode": k[:2], "window": int(k[4:]), "status": "ok", "bytes": 256,
+                         "sha256": "0" * 64} for k in keys], "episodes": [f"e{e}" for e in range(4)],
+            "units": [f"e{e}.hdf5" for e in range(4)], "errors": [], "spec_hash": "0" * 64})
+        for i in range(1, shards):
+            for where in (layout.shard_manifest, layout.shard_tar):
+                if i % 50_000 == 0:  # at most 65,000 hard links per file
+                    shutil.copyfile(where(out, i - 1), where(out, i))
+                else:
+                    os.link(where(out, i - i % 50_000), where(out, i))
+        one = min(shards, 4096)
+        start = time.perf_counter()
+        assert all(done_manifest(out, i) is not None for i in range(one))
+        core_ms = 1e3 * (time.perf_counter() - start) / one
+        start = time.perf_counter()
+        done = len(_done_manifests(out, [SimpleNamespace(index=i) for i in range(shards)]))
+        seconds = time.perf_counter() - start
+        parallel = _parallel_reads(out, shards)
+        size = layout.shard_manifest(out, 0).stat().st_size
+    finally:
+        shutil.rmtree(out)
+    return {"shards": done, "seconds": seconds, "manifest_bytes": size, "core_ms_per_shard": core_ms,
+            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count(), "parallel_s": parallel}
+
+
+def _parallel_reads(out: Path, shards: int) -> float:
+    """The same read in chunks of 2048 in processes (whole manifests pickled back): rejected, see docs."""
+    from motiondata.pipeline import outcome
+    from motiondata.store.manifest import done_manifests
+
     start = time.perf_counter()
-    outcome.merge_stats(out, list(range(shards)))
-    seconds = time.perf_counter() - start
-    shutil.rmtree(out)
-    return {"shards": shards, "seconds": seconds, "partial_bytes": size,
-            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count()}
+    chunks = [list(range(i, min(i + 2048, shards))) for i in range(0, shards, 2048)]
+    outcome.in_processes(done_manifests, out, chunks, "shard manifest read")
+    return time.perf_counter() - start
+
+
+def bench_manifest(shards: int) -> dict:
+    """manifest.json bytes of a job with ``shards`` shards: inline list vs ``shards/index.jsonl``."""
+    from motiondata.store import layout
+    from motiondata.store.manifest import externalize_shards, software_versions
+
+    entries = [{"shard": layout.shard_name(i), "tar": f"shards/{layout.shard_name(i)}.tar", "num_samples": 40,
+                "sha256": f"{i:064x}"} for i in range(shards)]
+    job = {"format_version": "1.0", "name": "scale", "spec": {"name": "scale"}, "spec_hash": "0" * 64,
+           "software": software_versions(), "stages": [], "shards": entries, "num_samples": 40 * shards,
+           "num_episodes": 4 * shards, "num_errors": 0, "complete": True, "created_by": "bench_scale"}
+    out = Path(tempfile.mkdtemp(prefix="bench_manifest_"))
+    try:
+        start = time.perf_counter()
+        doc = externalize_shards(out, job)
+        seconds = time.perf_counter() - start
+        index_bytes = layout.shard_index(out).stat().st_size if layout.shard_index(out).exists() else 0
+    finally:
+        shutil.rmtree(out)
+    return {"shards": shards, "inline_bytes": len(json.dumps(job, indent=2, sort_keys=True)) + 1,
+            "manifest_bytes": len(json.dumps(doc, indent=2, sort_keys=True)) + 1, "index_bytes": index_bytes,
+            "seconds": seconds}
 
 
 def bench_busy(episodes: int = 16, sleep: float = 1.0) -> dict:
@@ -135,15 +237,43 @@ def bench_stages(episodes: int = 2) -> list[dict]:
     return [{"stage": k, "ms_per_frame": 1e3 * v / max(frames, 1), "frames": frames} for k, v in rows.items()]
 
 
+def finalize_lines(finalize: dict) -> list[str]:
+    """The finalize table: stats merges (binary and older JSON partials) and manifest.json sizes."""
+    lines = ["| finalize | partial size | seconds | ms per shard (all cores) | ms per shard per core | "
+             "cores for 30 s at 250k shards |", "|---|---|---|---|---|---|"]
+    for m in finalize["merges"]:
+        lines.append(f"| merge {m['shards']:,} {m['format']} partials, leaves of 512 in {m['workers']} processes | "
+                     f"{m['partial_bytes']:,} B | {m['seconds']:.2f} | {m['ms_per_shard']:.3f} | "
+                     f"{m['core_ms_per_shard']:.3f} | {m['cores_for_30s_at_250k']:.1f} |")
+    r = finalize["reads"]
+    lines.append(f"| read {r['shards']:,} shard manifests once (read + tar stat), 1 process | "
+                 f"{r['manifest_bytes']:,} B | {r['seconds']:.2f} | {r['ms_per_shard']:.3f} | "
+                 f"{r['core_ms_per_shard']:.3f} | (serial) |")
+    lines.append(f"| the same read in chunks of 2048 in {r['workers']} processes (manifests pickled back) | | "
+                 f"{r['parallel_s']:.2f} | {1e3 * r['parallel_s'] / r['shards']:.3f} | | |")
+    for m in finalize["manifests"]:
+        lines.append(f"| manifest.json of {m['shards']:,} shards (inline list: {m['inline_bytes']:,} B) | "
+                     f"{m['manifest_bytes']:,} B + index {m['index_bytes']:,} B | {m['seconds']:.2f} | | | |")
+    return lines
+
+
+def replace_finalize(finalize: dict) -> Path:
+    """Rewrite only the finalize table of docs/bench/scale.md (``--only-finalize``)."""
+    path = ROOT / "docs" / "bench" / "scale.md"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| finalize"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    path.write_text("\n".join(lines[:start] + finalize_lines(finalize) + lines[end:]), encoding="utf-8")
+    return path
+
+
 def write_section(plans: list[dict], merge: dict, busy: dict | None, stages: list[dict]) -> Path:
     lines = ["# Scale (issue 11)", "",
              f"- CPU: {platform.machine()}, {os.cpu_count()} cores visible (shared machine), "
              f"load average at start {os.getloadavg()[0]:.1f}; no GPU (GPU rows: not measured)", "",
              "| planning (synthetic episode index) | shards | seconds | peak RSS growth |", "|---|---|---|---|"]
     lines += [f"| {p['units']:,} units | {p['shards']:,} | {p['seconds']:.2f} | {p['rss_mib']:.0f} MiB |" for p in plans]
-    lines += ["", "| finalize: merge partial stats | partial size | seconds | ms per shard |", "|---|---|---|---|",
-              f"| {merge['shards']:,} shards, leaves of 512 in {merge['workers']} processes | "
-              f"{merge['partial_bytes'] or 0:,} B | {merge['seconds']:.2f} | {merge['ms_per_shard']:.2f} |", ""]
+    lines += [""] + finalize_lines(merge) + [""]
     if busy:
         lines += ["| streaming executor, 1 logical GPU, stand-in encoder | calls | busy s | job wall s | "
                   "busy / job | busy / encoding span |", "|---|---|---|---|---|---|",
@@ -160,15 +290,22 @@ def write_section(plans: list[dict], merge: dict, busy: dict | None, stages: lis
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--units", type=int, nargs="*", default=[100_000, 1_000_000])
-    parser.add_argument("--shards", type=int, default=20_000)
+    parser.add_argument("--shards", type=int, default=250_000)
+    parser.add_argument("--json-shards", type=int, default=4096, help="older stores' JSON partials, for comparison")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--only-finalize", action="store_true", help="rerun the finalize rows only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    merge = {"merges": [bench_merge(args.shards), bench_merge(args.json_shards, "json")],
+             "manifests": [bench_manifest(n) for n in (1000, args.shards)], "reads": bench_reads(args.shards)}
+    if args.only_finalize:
+        log.info("%s", json.dumps(merge))
+        log.info("wrote %s", replace_finalize(merge))
+        return
     import torch
 
     torch.set_num_threads(1)
     plans = [bench_plan(n) for n in args.units]
-    merge = bench_merge(args.shards)
     busy = None if args.skip_ray else bench_busy()
     stages = bench_stages()
     log.info("%s", json.dumps({"plans": plans, "merge": merge, "busy": busy, "stages": stages}))

@@ -89,16 +89,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     from motiondata.store.lock import OutLock
 
     spec = _input_spec(args)
-    out = Path(args.out or spec.output or f"out/{spec.name}")
     preflight.check_sources(spec)
     preflight.check_frames(spec)
     preflight.check_stages(spec)
-    preflight.check_out(out, spec)
+    out, lock_dir = _build_out(args.out or spec.output or f"out/{spec.name}", spec)
     options = _run_options(args, run_job)
     # with --json, stdout carries the one JSON object only: anything else printed meanwhile goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         preflight.load_stage_models(spec, device="cpu" if args.executor in ("ray", "ray-stages") else None)
-        with OutLock(out):
+        with OutLock(lock_dir):
             try:
                 result = run_job(spec, out, ray_address=args.ray_address, executor=args.executor,
                                  show_progress=not (args.quiet or args.json), **options)
@@ -110,12 +109,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     return _report_build(result, args)
 
 
+def _build_out(out: str, spec: Any) -> tuple[str | Path, Path]:
+    """``(--out, the folder to lock)``: a remote ``s3://`` store is checked (package, bucket, credentials)
+    and its local staging folder locked, which guards one machine only (docs/scale.md: one driver per prefix)."""
+    from motiondata.pipeline import preflight, remote_out
+    from motiondata.store import objstore
+
+    if objstore.is_remote(out):
+        remote_out.check_out(out)
+        return out, remote_out.resolve(out)[0]
+    preflight.check_out(Path(out), spec)
+    return Path(out), Path(out)
+
+
+def _in_store(out: str | Path, name: str) -> str | Path:
+    """A path inside a store: a folder, or a remote store's URL."""
+    from motiondata.store import objstore
+
+    return objstore.join(str(out), name) if objstore.is_remote(out) else Path(out) / name
+
+
 def build_summary(result: Any) -> dict[str, Any]:
     """The outcome of a build as plain JSON, with the exit code it deserves."""
     problem = getattr(result, "problem", None)
     complete = bool(getattr(result, "complete", True))
     if not problem and not result.num_episodes:
-        problem = (f"nothing was stored ({result.num_errors} input(s) rejected); see {result.out / 'errors.jsonl'} "
+        errors = _in_store(result.out, "errors.jsonl")
+        problem = (f"nothing was stored ({result.num_errors} input(s) rejected); see {errors} "
                    "for why, fix the inputs or the spec and rerun")
     error = problem or (f"{len(result.failed)} shard(s) failed, first {result.failed[0]}; rerun the same "
                         "command to retry" if result.failed else None)
@@ -143,7 +163,7 @@ def _report_build(result: Any, args: argparse.Namespace) -> int:
                   f"rejected inputs {result.num_errors}")
     for label, name in (("shards", "shards"), ("zarr store", "episodes.zarr"), ("manifest", "manifest.json"),
                         ("stats", "stats.json"), ("errors", "errors.jsonl"), ("report", "report.md")):
-        console.print(f"  {label:11s} {result.out / name}", markup=False, highlight=False)
+        console.print(f"  {label:11s} {_in_store(result.out, name)}", markup=False, highlight=False)
     for failure in result.failed:
         console.print(f"[red]failed[/red] {failure}", highlight=False)
     if result.num_errors and not summary.get("error"):
@@ -164,12 +184,24 @@ def _validate_report(directory: str, deep: bool) -> dict[str, Any]:
     return {"ok": not problems, "deep": deep, "problems": problems, "skipped": []}
 
 
+def _store_arg(directory: str) -> None:
+    """A store argument is a local --out folder or an object store URL (``s3://bucket/prefix``)."""
+    from motiondata.store.objstore import is_remote, local_path
+
+    if not is_remote(directory) and not local_path(directory).is_dir():
+        raise UsageError(f"{directory} is not a folder; pass the --out folder of a `motiondata build` (or its "
+                         "s3://bucket/prefix)")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    if not Path(args.dir).is_dir():
-        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
-    report = _validate_report(args.dir, deep=not args.quick)
-    if getattr(args, "decode", None) is not None:
-        report = _with_decode_checks(report, args)
+    from motiondata.store.validate_remote import readable_store
+
+    _store_arg(args.dir)
+    if getattr(args, "decode", None) is None:
+        report = _validate_report(args.dir, deep=not args.quick)  # s3://...: motiondata.store.validate_remote
+    else:
+        with readable_store(args.dir, copy="all") as (local, mapped):  # remote: decoding needs a whole copy
+            report = mapped(_with_decode_checks(_validate_report(local, deep=not args.quick), args, local))
     problems = [str(p) for p in report["problems"]]
     code = EXIT_DATA if problems else EXIT_OK
     if args.json:
@@ -189,7 +221,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return code
 
 
-def _with_decode_checks(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def _with_decode_checks(report: dict[str, Any], args: argparse.Namespace, directory: str) -> dict[str, Any]:
     """``validate --decode N``: decode spot checks (motiondata.store.validate_decode) added to the report."""
     from motiondata.store.validate_decode import validate_decode
 
@@ -198,27 +230,34 @@ def _with_decode_checks(report: dict[str, Any], args: argparse.Namespace) -> dic
     overrides = {"vae_psnr": args.min_vae_psnr, "keyframe_psnr": args.min_keyframe_psnr,
                  "flow_valid": args.min_flow_valid}
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        decoded = validate_decode(args.dir, args.decode, overrides, max_latents=args.max_latents)
+        decoded = validate_decode(directory, args.decode, overrides, max_latents=args.max_latents)
     return {**report, "problems": list(report["problems"]) + decoded.problems,
             "decode": {"checks": decoded.checks, "thresholds": decoded.thresholds}}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from motiondata.store.validate_remote import readable_store
+
+    _store_arg(args.dir)
+    episodes = [args.episode] if args.episode else []
+    with readable_store(args.dir, episodes=episodes) as (local, mapped):  # remote: a copy of the metadata
+        return _inspect(args, local, mapped)
+
+
+def _inspect(args: argparse.Namespace, directory: str, mapped: Any) -> int:
     from motiondata.inspect.report import render_report
     from motiondata.inspect.summary import episode_summary, summarize
 
-    if not Path(args.dir).is_dir():
-        raise UsageError(f"{args.dir} is not a folder; pass the --out folder of a `motiondata build`")
     if args.episode:
         from motiondata.inspect.episode_text import print_episode
 
-        detail = episode_summary(args.dir, args.episode)
+        detail = mapped(episode_summary(directory, args.episode))
         if args.json:
             sys.stdout.write(json.dumps({"episode": detail}, indent=2, default=str) + "\n")
         else:
             print_episode(detail, console)
         return 0
-    summary = summarize(args.dir)
+    summary = mapped(summarize(directory))
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
         return 0

@@ -22,7 +22,7 @@ def _add_build(sub: Any, common: argparse.ArgumentParser, handlers: Handlers) ->
                        help="build shards + zarr store from a YAML spec (resumable)")
     b.add_argument("spec")
     b.add_argument("--input", help="replace the path of the spec's single source")
-    b.add_argument("--out", help="output directory (default: spec `output:` or out/NAME)")
+    b.add_argument("--out", help="output directory, or s3://bucket/prefix (default: spec `output:` or out/NAME)")
     b.add_argument("--ray-address", help="connect to an existing Ray cluster (default: start a local one)")
     b.add_argument("--executor", choices=("ray", "ray-stages", "local"), default="ray",
                    help="`local` builds shards in this process, without Ray")

@@ -27,7 +27,7 @@ class _Cpu:
 
 def _shas(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / layout.SHARDS_DIR).glob("*"))
-            if p.suffix in (".tar", ".json")}
+            if p.suffix in (".tar", ".json", ".bin")}
 
 
 def test_stage_resources_come_from_the_stage_and_cpu_pinning_wins():

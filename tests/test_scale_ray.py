@@ -29,7 +29,7 @@ def _loopback(monkeypatch):
 
 def _shas(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / layout.SHARDS_DIR).glob("*"))
-            if p.suffix in (".tar", ".json")}
+            if p.suffix in (".tar", ".json", ".bin")}
 
 
 def _spec(tmp_path: Path, gpus: float = 1.0, extra: list[dict] | None = None):

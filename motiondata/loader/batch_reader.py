@@ -1,8 +1,8 @@
 """Read a batch straight from local shards by member offset: one copy from the file into the batch.
 
 For each ``.npy`` field of a batch, when every sample holds it with one dtype and shape, the batch array
-``(B, *shape)`` is allocated once (page-locked when ``pin=True``; in a DataLoader worker, all fields share
-one arena that crosses to the trainer as one array, unpacked into views by :func:`unpack`) and each
+``(B, *shape)`` is allocated once (page-locked when ``pin=True``; in a worker process, all fields share
+one arena, a slot of the loader's shared-memory ring: :mod:`motiondata.loader.batch_ring`) and each
 sample's data is read into its row with one ``os.preadv``: no tar header parsing (the offsets come from :mod:`member_index`), no
 intermediate ``bytes``, no ``np.stack``. ``.npy`` headers are parsed and checked against the member size
 before anything is read (cached per shard and sample). Fields that vary in shape, JSON (``meta``) and
@@ -16,7 +16,6 @@ reports it under the loader's ``on_corrupt`` policy.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from motiondata.errors import StoreError
+from motiondata.loader.batch_ring import BatchRing, abandon, arena_for, dtype_name
 from motiondata.loader.collate import VARIABLE_FIELDS, collate_samples
 from motiondata.loader.member_index import ShardIndex, shard_index
 from motiondata.loader.shard_reader import ShardInfo
@@ -60,6 +60,7 @@ class BatchReader:
 
     def __init__(self, shards: Sequence[ShardInfo], fields: set[str] | None, pin: bool = False):
         self.shards, self.fields, self.pin = shards, fields, pin
+        self.ring: BatchRing | None = None  # set by the loader before its workers fork
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
 
@@ -136,20 +137,27 @@ class BatchReader:
             else:
                 self._read_into(rows[i], entry[3], entry[4], entry[5])
 
-    def _buffers(self, specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> tuple[dict[str, torch.Tensor], Any]:
-        """One tensor per spec. In a DataLoader worker they are views of one private arena sent as a numpy
-        array (pickled through the worker's pipe): tensors would each get a fresh shared-memory segment
-        and a file-descriptor handshake; measured here, one arena per batch through the pipe is faster
-        (docs/bench/train.md)."""
+    def _buffers(self, specs: list[tuple[str, np.dtype, tuple[int, ...]]]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """One tensor per spec. In a worker process they are views of one arena: a slot of the loader's
+        shared-memory ring (:mod:`motiondata.loader.batch_ring`), or private memory sent through the pipe
+        when no slot is free."""
         if get_worker_info() is None:
             return {name: self._alloc(shape, dtype) for name, dtype, shape in specs}, None
-        offsets, total = [], 0
-        for _, dtype, shape in specs:
-            offsets.append(total)
-            total += -(-math.prod(shape) * dtype.itemsize // 64) * 64  # 64-byte aligned views
-        arena = np.empty(max(total, 1), np.uint8)
-        views = [(name, dtype.str, list(shape), offset) for (name, dtype, shape), offset in zip(specs, offsets)]
-        return {name: _view(torch.from_numpy(arena), d, shape, o) for name, d, shape, o in views}, (arena, views)
+        return arena_for([(name, dtype_name(dtype), shape) for name, dtype, shape in specs], self.ring)
+
+    def max_sample_bytes(self) -> int | None:
+        """The most bytes of the loader's fields any sample holds once decoded, from the member sizes (other
+        than ``.npy``, images: counted 16x, what JPEG/PNG frames decode to at most, about); None when a
+        shard has no index."""
+        most = 0
+        for shard in range(len(self.shards)):
+            index = self.index(shard)
+            if index is None:
+                return None
+            most = max(most, max((sum(size if ext == "npy" else 16 * size for fld, (ext, _, size) in members.items()
+                                      if self.fields is None or fld in self.fields)
+                                  for _, members in index.samples), default=0))
+        return most
 
     def collate(self, planned: list[tuple[str, Plan]]) -> dict[str, Any]:
         """The batch of planned samples (``collate_samples`` semantics); raises ``StoreError`` when their
@@ -176,35 +184,21 @@ class BatchReader:
             parts = [{"__key__": key, **{n: self.value(plan[n]) for n in rest if n in plan}} for key, plan in planned]
             extra = {k: v for k, v in collate_samples(parts).items() if k != "__key__" and k not in copies}
         moved = {k: v for k, v in extra.items() if isinstance(v, torch.Tensor)} if get_worker_info() else {}
-        tensors, arena = self._buffers(specs + [(k, v.numpy().dtype, tuple(v.shape)) for k, v in moved.items()])
+        tensors, where = self._buffers(specs + [(k, v.numpy().dtype, tuple(v.shape)) for k, v in moved.items()])
+        try:
+            self._fill(tensors, copies, moved)
+        except BaseException:
+            abandon(where or {}, self.ring)
+            raise
+        batch.update({k: v for k, v in extra.items() if k not in moved})
+        batch.update(where if where is not None else tensors)
+        return batch
+
+    def _fill(self, tensors: dict[str, torch.Tensor], copies: dict[str, list], moved: dict[str, torch.Tensor]) -> None:
         for name, entries in copies.items():
             self._one_copy(tensors[name], entries)
             if f"{name}.present" in tensors:
                 tensors[f"{name}.present"].numpy()[:] = [e is not None for e in entries]
         for name, value in moved.items():  # a worker's batch travels as one arena: the rest is copied in
             tensors[name].copy_(value)
-        batch.update({k: v for k, v in extra.items() if k not in moved})
-        if arena is not None:
-            batch.update({"__arena__": arena[0], "__views__": arena[1]})
-        else:
-            batch.update(tensors)
-        return batch
 
-
-def _view(arena: torch.Tensor, dtype: str, shape: list[int], offset: int) -> torch.Tensor:
-    kind = torch.from_numpy(np.empty(0, np.dtype(dtype))).dtype
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    return arena[offset:offset + nbytes].view(kind).reshape(shape)
-
-
-def unpack(batch: dict[str, Any], pin: bool = False) -> dict[str, Any]:
-    """A batch from a worker: its fields as views of the one arena it arrived in (page-locked first, in
-    one copy, when ``pin``)."""
-    if "__arena__" not in batch:
-        return batch
-    arena, views = batch.pop("__arena__"), batch.pop("__views__")
-    arena = torch.from_numpy(arena) if isinstance(arena, np.ndarray) else arena
-    if pin and torch.cuda.is_available():
-        arena = arena.pin_memory()
-    batch.update({name: _view(arena, dtype, shape, offset) for name, dtype, shape, offset in views})
-    return batch

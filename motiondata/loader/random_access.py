@@ -28,7 +28,19 @@ import zarr
 from torch.utils.data import Dataset
 
 from motiondata.errors import StoreError
+from motiondata.store import objstore
 from motiondata.store.episodes_zarr import SHAPES_SUFFIX, field_path, list_episodes, open_episode
+
+
+def store_ref(store: str | Path) -> str | Path:
+    """A local store (a path or ``file://`` URL) as a Path; an object store URL (``s3://bucket/prefix``) kept
+    as text (Path would collapse its ``//``)."""
+    return str(store) if objstore.is_remote(store) else objstore.local_path(store)
+
+
+def zarr_location(store: str | Path) -> str:
+    remote = objstore.is_remote(store)
+    return objstore.join(str(store), "episodes.zarr") if remote else str(objstore.local_path(store) / "episodes.zarr")
 
 
 def _has_tables(store: str | Path, episodes: Sequence[str] | None) -> bool:
@@ -56,13 +68,13 @@ class WindowDataset(Dataset):
 
     def __init__(self, store: str | Path, fields: Sequence[str] | None = None, window: int | None = None,
                  stride: int | None = None, episodes: Sequence[str] | None = None, recipe: Any = None):
-        self.store, self.window = Path(store), window
+        self.store, self.window = store_ref(store), window
         self.stride = stride or window
         if window is not None and (window < 1 or self.stride < 1):
             raise ValueError(f"window ({window}) and stride ({stride}) must be >= 1 frames")
         self.episodes = list(episodes) if episodes is not None else list_episodes(self.store)
         if not self.episodes:
-            raise StoreError(f"no episodes in {self.store / 'episodes.zarr'}; Fix: build the store first "
+            raise StoreError(f"no episodes in {zarr_location(self.store)}; Fix: build the store first "
                              "(`motiondata build SPEC --out DIR`) and pass DIR")
         self.fields = list(fields) if fields is not None else None
         self._groups: dict[str, zarr.Group] = {}

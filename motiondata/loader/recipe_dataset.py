@@ -20,12 +20,13 @@ import yaml
 from torch.utils.data import Dataset
 
 from motiondata.errors import SpecError, StoreError
+from motiondata.loader.random_access import store_ref, zarr_location
 from motiondata.pipeline.recipe import Recipe, anchor_kept, cut_sample, parse_recipe
 from motiondata.pipeline.table_build import info_from_attrs, load_tables
 from motiondata.store.episodes_zarr import episode_attrs, list_episodes
 
 
-def resolve_recipe(recipe: Recipe | dict | str | Path | None, store: Path, episodes: list[str]) -> Recipe:
+def resolve_recipe(recipe: Recipe | dict | str | Path | None, store: str | Path, episodes: list[str]) -> Recipe:
     """A Recipe, a ``samples:`` mapping, a YAML file (a spec or a bare ``samples:`` block), or None for the
     recipe recorded in the store's episodes."""
     if isinstance(recipe, Recipe):
@@ -61,10 +62,10 @@ class RecipeDataset(Dataset):
 
     def __init__(self, store: str | Path, recipe: Recipe | dict | str | Path | None = None,
                  episodes: Sequence[str] | None = None):
-        self.store = Path(store)
+        self.store = store_ref(store)
         self.episodes = list(episodes) if episodes is not None else list_episodes(self.store)
         if not self.episodes:
-            raise StoreError(f"no episodes in {self.store / 'episodes.zarr'}; build the store first")
+            raise StoreError(f"no episodes in {zarr_location(self.store)}; build the store first")
         self.recipe = resolve_recipe(recipe, self.store, self.episodes)
         self._cache: dict[str, tuple[dict, dict]] = {}
         self._pid = os.getpid()

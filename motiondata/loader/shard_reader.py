@@ -26,6 +26,7 @@ import fsspec
 from motiondata.errors import StoreError
 from motiondata.store import layout
 from motiondata.store.npy_member import compressed_kind, member_name_problem
+from motiondata.store.objstore import storage_options  # s3: no stale listing cache
 from motiondata.store.npy_member import decode_member as decode_member  # noqa: F401  (public here too)
 from motiondata.store.sample_codec import split_member
 
@@ -67,7 +68,7 @@ def _join(root: str, name: str) -> str:
 
 def _read_json(url: str) -> dict | None:
     try:
-        with fsspec.open(url, "rt") as f:
+        with fsspec.open(url, "rt", **storage_options(url)) as f:
             doc = json.load(f)
     except FileNotFoundError:
         return None
@@ -137,6 +138,20 @@ def _shards_from_manifest(root: str, manifest: dict) -> list[ShardInfo]:
                          "Fix: rebuild the store, or pass the shard tars explicitly") from None
 
 
+def _index_shards(root: str, index: dict) -> list[dict]:
+    """The shard entries of a large store's ``shards/index.jsonl`` (count and sha256 checked)."""
+    from motiondata.store.manifest import index_entries
+
+    url = _join(root, layout.SHARD_INDEX)
+    try:
+        with fsspec.open(url, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise StoreError(f"{url} is missing (manifest.json lists its shards there); Fix: rebuild the store "
+                         "with `motiondata build` and the same --out") from None
+    return index_entries(index, data, url)
+
+
 def resolve_shards(source: str | os.PathLike | Sequence[str]) -> list[ShardInfo]:
     """Shards of a store directory/URL (via its manifest), a glob of tar URLs, or a list of tar URLs."""
     if isinstance(source, (list, tuple)):
@@ -151,6 +166,8 @@ def resolve_shards(source: str | os.PathLike | Sequence[str]) -> list[ShardInfo]
     if text.endswith(".tar"):
         return [_shard_from_url(text)]
     manifest = _read_json(_join(text, layout.JOB_MANIFEST))
+    if manifest and "shards" not in manifest and isinstance(manifest.get("shard_index"), dict):
+        manifest["shards"] = _index_shards(text, manifest["shard_index"])
     if manifest and manifest.get("shards"):
         return _shards_from_manifest(text, manifest)
     if _local_path(text) is not None and os.path.isdir(os.path.join(text, layout.SHARDS_DIR)):
@@ -199,7 +216,7 @@ def _open_tar(url: str) -> Iterator[tarfile.TarFile]:
             with tarfile.open(fileobj=f, mode="r:") as tf:
                 yield tf
     else:  # any fsspec URL, read once front to back
-        with fsspec.open(url, "rb") as f:
+        with fsspec.open(url, "rb", **storage_options(url)) as f:
             head = f.read(8)
             _refuse_compressed(head, url)
             with tarfile.open(fileobj=_Prefixed(head, f), mode="r|") as tf:

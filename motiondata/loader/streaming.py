@@ -5,8 +5,9 @@ tar URLs with their ``.json`` sidecars) are permuted by (seed, epoch); their sam
 cut into ``world_size x num_workers`` contiguous slots of equal length (by samples, so no rank is ever
 empty; ``partial`` drops or wraps the tail); each slot goes through a shuffle buffer seeded by (seed,
 epoch, slot) whose order is computed on indices first, so a resumed loader reads only what is to come.
-The DataLoader takes batches from its workers round-robin; state = (epoch, batches consumed), and on
-resume worker w plays slot ``(k + w) mod W``. One DataLoader iterator runs epoch after epoch.
+Batches are taken from the workers round-robin (forked by :mod:`motiondata.loader.worker_pool`; each hands
+its batches over in a shared-memory ring slot, :mod:`motiondata.loader.batch_ring`); state = (epoch,
+batches consumed), and on resume worker w plays slot ``(k + w) mod W``. One pool runs epoch after epoch.
 
 Local shards are read by member offset (:mod:`motiondata.loader.member_index`: the shard manifest's
 ``members`` index, or one header scan per process) straight into preallocated batch arrays
@@ -25,18 +26,20 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Any, Callable, Collection, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from motiondata.errors import StoreError
-from motiondata.loader.batch_reader import BatchReader, unpack
+from motiondata.loader.batch_reader import BatchReader
+from motiondata.loader.batch_ring import ALIGN, BatchRing, make_ring, ship, unpack
 from motiondata.loader.collate import collate_samples
 from motiondata.loader.member_index import warm
 from motiondata.loader.selection import select_episodes
 from motiondata.loader.transfer import DevicePrefetcher
+from motiondata.loader.worker_pool import WorkerPool
 from motiondata.loader.shard_reader import POLICIES, ShardInfo, available_fields, read_shard, resolve_shards  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -252,14 +255,24 @@ class StreamingDataset(IterableDataset):
         while True:
             num_slots = self.world_size * workers
             indexed = self._indexed_batches(slot, num_slots, epoch, skip) if self.fast else None
-            yield from indexed if indexed is not None else self._batches(self.iter_slot(slot, num_slots, epoch, skip))
+            batches = indexed if indexed is not None else self._batches(self.iter_slot(slot, num_slots, epoch, skip))
+            # a worker's batch crosses to the trainer in a slot of the shared-memory ring (batch_ring)
+            yield from batches if info is None else (ship(b, self.reader.ring) for b in batches)
             epoch, skip = epoch + 1, 0
+
+    def batch_bytes(self) -> int | None:
+        """A bound on a batch's bytes (ragged fields padded, masks and all), from the member indices; None
+        when a shard has none (then worker batches go through the pipe)."""
+        if not hasattr(self, "_batch_bytes"):
+            most = self.reader.max_sample_bytes()
+            self._batch_bytes = None if most is None else 2 * self.batch_size * most + 1024 * ALIGN
+        return self._batch_bytes
 
 
 # ----------------------------------------------------------------------------- loader
 
 def _as_is(batch: dict[str, Any]) -> dict[str, Any]:
-    """Batches are collated already; a worker's arena stays a numpy array (pickled through the pipe)."""
+    """Batches are collated already (a worker's arrays sit in a ring slot or one arena: batch_ring)."""
     return batch
 
 
@@ -296,6 +309,7 @@ class StreamingLoader:
         self.pin_memory = pin_memory and not (num_workers == 0 and self.dataset.fast)
         self.epoch, self.batches = 0, 0
         self._live: Iterator[dict[str, Any]] | None = None  # one batch stream across epochs
+        self.ring: BatchRing | None = None  # the shared-memory ring of the live workers
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank)."""
@@ -322,25 +336,41 @@ class StreamingLoader:
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage-collected)."""
-        self._live = None
+        self._live = self.ring = None  # the ring's memory goes with the last batch still viewing it
 
-    def _dataloader(self) -> DataLoader:
-        extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
-        if self.num_workers > 0 and self.dataset.fast:
-            warm(self.dataset.shards)  # forked workers inherit the member indices instead of each building them
-        return DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
-                          pin_memory=self.pin_memory, **extra)
+    def _dataloader(self) -> tuple[Iterable[dict], BatchRing | None]:
+        """In-process a DataLoader; with workers a pool of forked workers (worker_pool) and the ring they hand
+        batches over in (batch_ring; a new one per pool: batches of an earlier one may still be alive)."""
+        if self.num_workers == 0:
+            self.dataset.reader.ring = None
+            return DataLoader(self.dataset, batch_size=None, collate_fn=_as_is, pin_memory=self.pin_memory), None
+        warm(self.dataset.shards)  # forked workers inherit the member indices instead of each building them
+        ring = self.dataset.reader.ring = make_ring(self.num_workers, self.prefetch_factor, self.dataset.batch_bytes())
+        return WorkerPool(self.dataset, self.num_workers, self.prefetch_factor), ring  # unpack pins its batches
+
+    def _start(self) -> Iterator[dict[str, Any]]:
+        self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
+        loader, ring = self._dataloader()
+        self.ring = ring  # kept for inspection (tests, benchmarks)
+        pin = self.pin_memory  # not self: a cycle would leave the workers to gc, which stops them slowly
+        batches = (unpack(b, pin, ring) for b in loader)  # worker batches: ring slot views
+        return iter(DevicePrefetcher(batches, self.device) if self.device is not None else batches)
+
+    def _next(self) -> dict[str, Any]:
+        try:
+            return next(self._live)
+        except BaseException:  # a failed stream is not resumed: the next iter() starts afresh
+            self._live = None
+            raise
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch; the next ``iter()`` continues with the next epoch."""
         if self.batches >= len(self):
             self.epoch, self.batches = self.epoch + 1, 0
         if self._live is None:
-            self.dataset.epoch, self.dataset.skip_batches = self.epoch, self.batches
-            batches = (unpack(b, self.pin_memory) for b in self._dataloader())  # worker batches: one arena each
-            self._live = iter(DevicePrefetcher(batches, self.device) if self.device is not None else batches)
+            self._live = self._start()  # made outside this frame: close() must be able to drop it
         while self.batches < len(self):
-            batch = next(self._live)
+            batch = self._next()
             self.batches += 1
             yield batch
         self.epoch, self.batches = self.epoch + 1, 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from motiondata.episode import Episode, VECTOR_FIELDS
 from motiondata.errors import MotionDataError
-from motiondata.pipeline import isolation
+from motiondata.pipeline import isolation, remote_out
 from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP, run_batched
 from motiondata.pipeline.incremental import Increment, episode_rerun, owns, producer, recipe_from_dict
 from motiondata.pipeline.plan import ShardPlan
@@ -28,6 +28,7 @@ from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.incremental_store import update_episode
 from motiondata.pipeline.table_build import LENGTHS_SUFFIX, load_tables, run_stage
 from motiondata.store import layout
+from motiondata.store.manifest import read_shard_manifest
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,11 @@ class IncrementalShard(ShardBuilder):
 
 def rebuild_shard(spec: JobSpec, plan: ShardPlan, out: Path, increment: Increment) -> dict[str, Any]:
     """Rebuild one shard from its episode tables (the previous manifest is removed first, so a kill midway
-    leaves the shard not done and a rerun rebuilds it in full)."""
+    leaves the shard not done and a rerun rebuilds it in full). A remote store's groups are downloaded into
+    staging first and the rebuilt shard is uploaded, manifest last."""
+    url = remote_out.remote_of(out)
+    if url:
+        remote_out.fetch_groups(out, (read_shard_manifest(out, plan.index) or {}).get("episodes", []))
     previous = isolation.take_previous(out, plan.index)
     try:
         with isolation.single_thread():
@@ -143,6 +148,8 @@ def rebuild_shard(spec: JobSpec, plan: ShardPlan, out: Path, increment: Incremen
         unmark_shard(out, plan.index, previous)
         raise
     isolation.drop_stale_groups(out, previous, manifest)
+    if url:
+        remote_out.push_shard(url, out, plan.index, manifest)
     return manifest
 
 

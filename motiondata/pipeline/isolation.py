@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
+from motiondata.pipeline import remote_out
 from motiondata.pipeline.plan import ShardPlan
 from motiondata.pipeline.resume import remove_episode_groups
 from motiondata.store import layout
@@ -62,7 +63,8 @@ def crashed_unit(out: str | Path, plan: ShardPlan) -> dict[str, Any] | None:
 
 def take_previous(out: str | Path, index: int) -> dict[str, Any] | None:
     """The manifest of an earlier build of this shard (removed now: a rebuild killed midway must leave the
-    shard not done, never an old manifest beside a new tar)."""
+    shard not done, never an old manifest beside a new tar; on a remote store, the remote one)."""
+    remote_out.take_remote_manifest(out, index)
     try:
         previous = read_shard_manifest(out, index)
     except Exception:  # an unreadable manifest is no done-marker either
@@ -84,6 +86,7 @@ def discard(out: str | Path, plan: ShardPlan, previous: dict[str, Any] | None) -
     clear_progress(out, plan.index)
     layout.shard_tar(out, plan.index).unlink(missing_ok=True)
     layout.shard_stats(out, plan.index).unlink(missing_ok=True)
+    remote_out.delete_objects(out, remote_out.shard_rels(plan.index, manifest_too=False))
     episodes = {u["episode"] for u in plan.units} | set((previous or {}).get("episodes", []))
     remove_episode_groups(out, episodes)
 

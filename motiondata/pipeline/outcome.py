@@ -1,7 +1,7 @@
 """What a finished (or partly finished) job amounts to: merged stats, stage-wide failures, the problem line.
 
-Used by ``runner.finalize``; everything here reads the shard manifests and partial stats on disk, so a
-rerun over the same store reaches the same verdict.
+Used by ``runner.finalize``; everything here reads the shard manifests (read once by the caller and passed
+in) and the partial stats on disk, so a rerun over the same store reaches the same verdict.
 """
 
 from __future__ import annotations
@@ -23,27 +23,31 @@ NOT_STAGES = ("read", "plan", "shard")  # error stages that are about one input,
 CHUNK = 512  # shards merged per leaf of the stats tree (fixed: the result must not depend on the machine)
 
 
-def _fold(merged: dict[str, Any], sketches: dict[str, list], name: str, field_stats: Any) -> None:
-    """Add one shard's field to a leaf: moments merged in order (as before), sketch buckets collected and
-    added once at the end (bucket counts are integers: exact in any order)."""
-    import dataclasses
-
-    import numpy as np
-
-    bare = dataclasses.replace(field_stats, pos=(np.zeros(0, np.int64),) * 2, neg=(np.zeros(0, np.int64),) * 2)
-    merged[name].merge(bare)
-    sketches[name].append((field_stats.pos, field_stats.neg))
-
-
 def _add_buckets(pairs: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """Sum sparse bucket counts (integers: exact in any order). Keys are ``dim * _STRIDE + bucket``: when the
+    leaf's (dims x bucket span) grid is small, counts are added on it with ``bincount`` (float64 sums are exact
+    below 2**53 values), else by a stable sort of the concatenated (sorted) runs."""
     import numpy as np
 
-    if not pairs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    unique, inverse = np.unique(np.concatenate([k for k, _ in pairs]), return_inverse=True)
-    counts = np.zeros(len(unique), np.int64)
-    np.add.at(counts, inverse, np.concatenate([c for _, c in pairs]))
-    return unique, counts
+    from motiondata.store.stats import _STRIDE
+
+    empty = np.zeros(0, np.int64)
+    keys = np.concatenate([k for k, _ in pairs]) if pairs else empty
+    if not len(keys):
+        return empty, empty.copy()
+    counts = np.concatenate([c for _, c in pairs])
+    dims, rem = np.divmod(keys, _STRIDE)
+    d0, b0 = int(dims.min()), int(rem.min())
+    width = int(rem.max()) - b0 + 1
+    if (int(dims.max()) - d0 + 1) * width <= max(4 * len(keys), 1 << 16) and int(counts.sum()) < 2**53:
+        total = np.bincount((dims - d0) * width + (rem - b0), weights=counts).astype(np.int64)
+        nonzero = np.flatnonzero(total)
+        d, b = np.divmod(nonzero, width)
+        return (d + d0) * _STRIDE + b + b0, total[nonzero]
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return keys[starts], np.add.reduceat(counts, starts)
 
 
 def merge_leaf(out: str, indices: list[int], expected: dict[str, int] | None = None
@@ -68,8 +72,11 @@ def merge_leaf(out: str, indices: list[int], expected: dict[str, int] | None = N
                                  f"earlier data had {dims[name]}; keep one layout per field (pad to the universal "
                                  "layout first)")
                 continue
-            fields.setdefault(name, _FieldStats.empty(field_stats.dim))
-            _fold(fields, sketches, name, field_stats)
+            if name not in fields:
+                fields[name] = _FieldStats.empty(field_stats.dim)
+            fields[name].merge_moments(field_stats)
+            if field_stats.count:
+                sketches[name].append((field_stats.pos, field_stats.neg))
     for name, stats in fields.items():
         stats.pos = _add_buckets([p for p, _ in sketches[name]])
         stats.neg = _add_buckets([n for _, n in sketches[name]])
@@ -78,20 +85,22 @@ def merge_leaf(out: str, indices: list[int], expected: dict[str, int] | None = N
     return merged, dims, conflicts
 
 
-def _leaves(out: Path, chunks: list[list[int]]) -> list[tuple[RunningStats | None, dict[str, int], list[str]]]:
-    if len(chunks) == 1:
-        return [merge_leaf(str(out), chunks[0])]
+def in_processes(fn: Any, out: Path, chunks: list[list[int]], what: str = "stats merge") -> list[Any]:
+    """``fn(str(out), chunk)`` for each chunk, in order: in parallel processes when there are several chunks
+    (fork: no re-import of the caller's __main__; the children only read files and add arrays), else here."""
+    if len(chunks) <= 1:
+        return [fn(str(out), chunk) for chunk in chunks]
     import concurrent.futures
     import multiprocessing
 
     workers = min(len(chunks), os.cpu_count() or 1)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    try:  # fork: no re-import of the caller's __main__; the children only parse JSON and add arrays
+    try:
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-            return list(pool.map(merge_leaf, [str(out)] * len(chunks), chunks))
+            return list(pool.map(fn, [str(out)] * len(chunks), chunks))
     except (OSError, concurrent.futures.process.BrokenProcessPool) as exc:
-        log.warning("stats: parallel merge unavailable (%s); merging in this process", exc)
-        return [merge_leaf(str(out), chunk) for chunk in chunks]
+        log.warning("parallel %s unavailable (%s); running it in this process", what, exc)
+        return [fn(str(out), chunk) for chunk in chunks]
 
 
 def merge_stats(out: Path, indices: list[int]) -> tuple[dict[str, Any], list[str]]:
@@ -99,7 +108,7 @@ def merge_stats(out: Path, indices: list[int]) -> tuple[dict[str, Any], list[str
     ``CHUNK`` shards merged in parallel processes, then the leaves in order. A field whose layout differs
     from earlier shards (action width 7 vs 5000) is left out for that shard and named, never a crash."""
     chunks = [indices[i:i + CHUNK] for i in range(0, len(indices), CHUNK)] or [[]]
-    leaves = _leaves(out, chunks)
+    leaves = in_processes(merge_leaf, out, chunks)
     first: dict[str, int] = {}
     for _, dims, _ in leaves:
         for name, dim in dims.items():

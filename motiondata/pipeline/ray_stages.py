@@ -25,7 +25,7 @@ from motiondata.errors import SourceError
 from motiondata.pipeline import isolation
 from motiondata.pipeline.plan import ShardPlan, open_spec_source
 from motiondata.pipeline.recipe import recipe_of
-from motiondata.pipeline.shard_task import ShardBuilder, build_isolated, job_stages
+from motiondata.pipeline.shard_task import ShardBuilder, build_to, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.pipeline.table_build import run_stage, start_item
 from motiondata.pipeline.transforms import WindowSamples, prepare_transforms
@@ -238,4 +238,4 @@ def write_shard_from(spec: JobSpec, plan: ShardPlan, out: str, *results: dict[st
     """Task body: write one shard from its units' results (``build_shard``'s guarantees: the previous
     manifest is removed first, a unit crashing the write is isolated, the manifest is written last)."""
     by_key = {r["key"]: r for r in results}
-    return build_isolated(lambda p: PrecomputedShard(spec, p, Path(out), by_key), plan, Path(out))
+    return build_to(out, plan, lambda p, staging: PrecomputedShard(spec, p, staging, by_key))

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from motiondata.pipeline import isolation
+from motiondata.pipeline import isolation, remote_out
 from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP
 from motiondata.pipeline.recipe import recipe_of
 from motiondata.pipeline.plan import ShardPlan
@@ -102,6 +102,7 @@ class Stream:
         import ray
 
         self.ray, self.spec, self.out, self.on_done = ray, spec, out, on_done
+        self.local = remote_out.local_of(out)  # the driver's folder of ``out`` (a URL's staging folder)
         self.cfg = settings(spec)
         self.segments = segments_of(job_stages(spec))
         self.spec_ref = ray.put(spec)
@@ -248,14 +249,14 @@ class Stream:
         try:
             manifest = self.ray.get(ref)
         except Exception as exc:  # a writer that died: blame the unit it was on, else fail the shard
-            blamed = isolation.crashed_unit(self.out, shard.plan)
+            blamed = isolation.crashed_unit(self.local, shard.plan)
             if blamed is not None:
                 reason = f"the worker died while building it: {isolation.short_reason(exc)}"
                 shard.plan = shard.plan.excluding(blamed["key"], reason)
                 return self._write(shard)
             log.error("%s failed: %s", shard.plan.index, exc)
             self.failed[index] = isolation.short_reason(exc)
-            isolation.discard(self.out, shard.plan, None)
+            isolation.discard(self.local, shard.plan, None)
             manifest = None
         self.inflight -= shard.admitted
         shard.results.clear()

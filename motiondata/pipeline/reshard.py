@@ -23,7 +23,7 @@ from motiondata.pipeline.recipe import Recipe, cut_samples
 from motiondata.pipeline.table_build import info_from_attrs, load_tables
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import list_episodes
-from motiondata.store.manifest import read_shard_manifest, write_shard_manifest
+from motiondata.store.manifest import externalize_shards, read_job_manifest, read_shard_manifest, write_shard_manifest
 from motiondata.store.shards import write_shard
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ def _reshard_one(store: Path, out: Path, old: dict[str, Any], recipe: Recipe, sp
     info = write_shard(layout.shard_tar(out, index), _samples(store, recipe, list(old["episodes"]), records))
     for record, written in zip(records, info["samples"]):
         record.update(bytes=written["bytes"], sha256=written["sha256"])
-    stats = layout.shard_stats(store, index)
-    if stats.is_file():
-        shutil.copy2(stats, layout.shard_stats(out, index))
+    for where in (layout.shard_stats, layout.shard_stats_json):  # binary partial, or an older store's JSON
+        if where(store, index).is_file():
+            shutil.copy2(where(store, index), where(out, index))
+            break
     manifest = {**old, "sha256": info["sha256"], "bytes": info["bytes"], "num_samples": info["num_samples"],
                 "keys": [s["key"] for s in info["samples"]], "samples": records, "fields": info["fields"],
                 "spec_hash": spec_hash, **({"members": info["members"]} if "members" in info else {})}
@@ -77,7 +78,7 @@ def reshard(store: str | Path, recipe: Any, out: str | Path) -> dict[str, Any]:
         raise StoreError(f"{store} has no manifest.json; pass a finished motiondata store")
     if out.exists() and any(out.iterdir()):
         raise MotionDataError(f"--out {out} is not empty; reshard into a new folder")
-    job = json.loads(job_path.read_text(encoding="utf-8"))
+    job = read_job_manifest(store)  # shards filled in from shards/index.jsonl in a large store
     episodes = list_episodes(store)
     recipe = resolve_recipe(recipe, store, episodes)
     created = not out.exists()
@@ -107,6 +108,7 @@ def _write(store: Path, out: Path, job: dict[str, Any], recipe: Recipe) -> dict[
                "shards": [{"shard": m["shard"], "tar": m["tar"], "num_samples": m["num_samples"],
                            "sha256": m["sha256"]} for m in shards],
                "num_samples": sum(m["num_samples"] for m in shards)}
+    new_job = externalize_shards(out, new_job)
     layout.atomic_write_text(layout.job_manifest(out), json.dumps(new_job, indent=2, sort_keys=True) + "\n")
     from motiondata.inspect.report import write_report
 

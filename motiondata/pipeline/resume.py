@@ -15,6 +15,7 @@ from typing import Any
 
 from motiondata.errors import StoreError
 from motiondata.pipeline.fingerprint import describe_change
+from motiondata.pipeline import remote_out
 from motiondata.pipeline.plan import ShardPlan
 from motiondata.store import layout
 from motiondata.store.manifest import read_shard_manifest
@@ -131,12 +132,16 @@ def remove_episode_groups(out: Path, episodes: list[str] | set[str]) -> None:
         path = layout.zarr_episode(out, episode)
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+    remote_out.delete_groups(out, episodes)  # a staging folder: its remote store loses them too
 
 
 def unmark_shard(out: Path, index: int, manifest: dict[str, Any] | None) -> None:
     """Make shard ``index`` not done and remove what it stored: manifest first (the done-marker), then the
-    tar, the partial stats and the episodes' zarr groups, so no orphan is left if this is interrupted."""
+    tar, the partial stats and the episodes' zarr groups, so no orphan is left if this is interrupted (on
+    a remote store too, in the same order)."""
     layout.shard_manifest(out, index).unlink(missing_ok=True)
+    remote_out.delete_objects(out, remote_out.shard_rels(index)[:1])
+    remote_out.delete_objects(out, remote_out.shard_rels(index)[1:])
     layout.shard_tar(out, index).unlink(missing_ok=True)
     layout.shard_stats(out, index).unlink(missing_ok=True)
     if manifest:

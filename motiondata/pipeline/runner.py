@@ -19,22 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
-
 import motiondata
 from motiondata.errors import MotionDataError
-from motiondata.pipeline import isolation, outcome
+from motiondata.pipeline import isolation, outcome, remote_out
 from motiondata.pipeline.incremental import Increment, plan_increment, record_stage_tables, stage_keys
 from motiondata.pipeline.plan import ShardPlan, plan_shards
+from motiondata.pipeline.progress import Throughput, progress_bar
+from motiondata.pipeline.remote_out import Remote
 from motiondata.pipeline.resume import (changed_shards, existing_manifests, recorded_units, stale_reason,
                                         unmark_shard)
 from motiondata.pipeline.shard_task import build_shard, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import ensure_store
-from motiondata.store.manifest import check_job_manifest, read_job_manifest, read_shard_manifest, shard_done, \
-    software_versions
+from motiondata.store.manifest import check_job_manifest, read_job_manifest, shard_done, software_versions
 from motiondata.store.shards import file_sha256
 
 log = logging.getLogger(__name__)
@@ -42,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobResult:
-    out: Path
+    out: Path | str  # the store: a folder, or the URL of a remote store (``--out s3://...``)
     shards_total: int = 0
     shards_built: int = 0
     shards_skipped: int = 0
@@ -55,46 +53,6 @@ class JobResult:
     problem: str | None = None  # set when the build as a whole did not work: nothing stored, a stage failed everywhere
     advice: str | None = None  # what to do about the records that remain (``--retry-errors``)
     failed_shards: list[dict[str, str]] = field(default_factory=list)  # [{"shard", "reason"}]
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[episodes]} episodes {task.fields[rate]}"), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-
-
-class Throughput:
-    """Episodes and frames per second (and the shards' ETA) for the progress bar and the log."""
-
-    def __init__(self, progress: Progress, bar: Any, out: Path):
-        import time
-
-        self.clock, self.progress, self.bar, self.out = time.monotonic, progress, bar, out
-        self.start, self.episodes, self.frames = self.clock(), 0, 0
-
-    def __call__(self, manifest: dict[str, Any] | None = None) -> None:
-        manifest = manifest or {}
-        episodes = manifest.get("episodes", [])
-        self.episodes += len(episodes)
-        self.frames += manifest["frames"] if "frames" in manifest else _stored_frames(self.out, episodes)
-        self.progress.update(self.bar, advance=1, episodes=self.episodes, rate=self.rate())
-
-    def rate(self) -> str:
-        seconds = max(self.clock() - self.start, 1e-6)
-        return f"({self.episodes / seconds:.1f} ep/s, {self.frames / seconds:.0f} frames/s)"
-
-
-def _stored_frames(out: Path, episodes: list[str]) -> int:
-    """Frames of stored episodes (their Zarr groups' ``length``); 0 where a group cannot be read."""
-    from motiondata.store.episodes_zarr import episode_attrs
-
-    frames = 0
-    for episode in episodes:
-        try:
-            frames += int(episode_attrs(out, episode).get("length", 0))
-        except Exception:  # progress is informative only
-            continue
-    return frames
 
 
 def _reconcile_spec(spec: JobSpec, out: Path, stages: list[dict[str, str]], rebuild_changed: bool
@@ -131,16 +89,21 @@ def _intact(out: Path, index: int, manifest: dict[str, Any]) -> bool:
     return tar.is_file() and file_sha256(tar) == manifest.get("sha256")
 
 
+def _is_done(out: Path, index: int, remote: Remote | None) -> bool:
+    """``shard_done`` for a local store; for a remote one, the done set of its last pull (remote tar sizes)."""
+    return remote.is_done(index) if remote else shard_done(out, index)
+
+
 def _todo(out: Path, plans: list[ShardPlan], manifests: dict[int, dict[str, Any]], changed: dict[int, str],
-          retry_errors: bool, verify: bool) -> list[ShardPlan]:
+          retry_errors: bool, verify: bool, remote: Remote | None = None) -> list[ShardPlan]:
     todo = []
     for plan in plans:
         manifest = manifests.get(plan.index)
-        if manifest is None or plan.index in changed or not shard_done(out, plan.index):
+        if manifest is None or plan.index in changed or not _is_done(out, plan.index, remote):
             todo.append(plan)
         elif retry_errors and manifest.get("errors"):
             todo.append(plan)
-        elif verify and not _intact(out, plan.index, manifest):
+        elif verify and not (remote.intact(plan.index, manifest) if remote else _intact(out, plan.index, manifest)):
             log.warning("%s: sha256 differs from its manifest; rebuilding it", layout.shard_name(plan.index))
             todo.append(plan)
     return todo
@@ -160,14 +123,16 @@ def _settle(out: Path, plan: ShardPlan, exc: BaseException, failed: dict[int, st
     return None
 
 
-def _run_local(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None]) -> dict[int, str]:
+def _run_local(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None],
+               where: str | None = None) -> dict[int, str]:
+    """Build ``plans`` in-process into ``where`` (a remote URL; default ``out``)."""
     failed: dict[int, str] = {}
     for plan in plans:
         current: ShardPlan | None = plan
         manifest = None
         while current is not None:
             try:
-                manifest = build_shard(spec, current, out)
+                manifest = build_shard(spec, current, where or out)
                 current = None
             except Exception as exc:
                 current = _settle(out, current, exc, failed)
@@ -201,7 +166,8 @@ def _init_ray(address: str | None) -> bool:
 
 
 def _run_ray(spec: JobSpec, out: Path, plans: list[ShardPlan], address: str | None,
-             on_done: Callable[..., None], executor: str = "ray") -> dict[int, str]:
+             on_done: Callable[..., None], executor: str = "ray", where: str | None = None) -> dict[int, str]:
+    """Build ``plans`` on Ray; tasks write to ``where`` (a remote URL every node uploads to; default ``out``)."""
     import ray
 
     started = _init_ray(address)
@@ -209,8 +175,8 @@ def _run_ray(spec: JobSpec, out: Path, plans: list[ShardPlan], address: str | No
         if _streaming(spec, executor):
             from motiondata.pipeline.ray_stream import Stream
 
-            return Stream(spec, str(out), plans, on_done).run()
-        return _run_shard_tasks(spec, out, plans, on_done)
+            return Stream(spec, where or str(out), plans, on_done).run()
+        return _run_shard_tasks(spec, out, plans, on_done, where or str(out))
     finally:
         if started:
             ray.shutdown()
@@ -228,12 +194,12 @@ def _streaming(spec: JobSpec, executor: str) -> bool:
     return bool(ray.cluster_resources().get("GPU", 0)) and wants_gpu(job_stages(spec))
 
 
-def _run_shard_tasks(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None]
-                     ) -> dict[int, str]:
+def _run_shard_tasks(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: Callable[..., None],
+                     where: str) -> dict[int, str]:
     import ray
 
     task = ray.remote(num_cpus=spec.task_cpus, max_retries=1)(build_shard)
-    pending = {task.remote(spec, plan, str(out)): plan for plan in plans}
+    pending = {task.remote(spec, plan, where): plan for plan in plans}
     failed: dict[int, str] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -244,18 +210,20 @@ def _run_shard_tasks(spec: JobSpec, out: Path, plans: list[ShardPlan], on_done: 
         except Exception as exc:  # isolate the unit a dead worker was on, else report the shard
             retry = _settle(out, plan, exc, failed)
             if retry is not None:
-                pending[task.remote(spec, retry, str(out))] = retry
+                pending[task.remote(spec, retry, where)] = retry
                 continue
         on_done(manifest)
     return failed
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Temporary files of a killed run (``.name.*.tmp``) are never part of the store: remove them."""
+    """Temporary files of a killed run (``.name.*.tmp``) are never part of the store: remove them (logged)."""
     stale = [p for d in (out / layout.SHARDS_DIR, layout.zarr_store(out)) if d.is_dir()
              for p in d.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
     for path in stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if stale:
+        log.info("removed temporary files left by an interrupted run")
     return len(stale)
 
 
@@ -265,8 +233,7 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     """Build (or resume) the store at ``out``. ``retry_errors`` rebuilds the shards holding error records;
     ``verify`` rebuilds shards whose tar sha256 differs from their manifest; ``rebuild_changed`` rebuilds
     shards whose inputs, spec or stage configs changed instead of refusing."""
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out, remote = remote_out.open_out(out)
     stages = stage_keys(job_stages(spec))
     manifests, increments = _reconcile_spec(spec, out, stages, rebuild_changed)
     plans, plan_errors = plan_shards(spec, recorded_units(manifests))
@@ -275,29 +242,29 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     if changed and not rebuild_changed:
         raise MotionDataError(changed[min(changed)])
     ensure_store(out)
-    if remove_stale_temporaries(out):
-        log.info("removed temporary files left by an interrupted run")
+    remove_stale_temporaries(out)
     increments = {p.index: increments[p.index] for p in plans if p.index in increments and p.index not in changed}
-    todo = _todo(out, plans, manifests, {**changed, **dict.fromkeys(increments, "stages")}, retry_errors, verify)
+    stale = {**changed, **dict.fromkeys(increments, "stages")}
+    todo = _todo(out, plans, manifests, stale, retry_errors, verify, remote)
     result = JobResult(out, len(plans), len(todo), len(plans) - len(todo))
     log.info("%d shards planned, %d done already, %d to build", len(plans), result.shards_skipped, len(todo))
     failed: dict[int, str] = {}
     if todo:
-        with _progress() as progress:
+        with progress_bar() as progress:
             bar = progress.add_task("shards", total=len(todo), visible=show_progress, episodes=0, rate="")
             advance = Throughput(progress, bar, out)
 
-            def on_done(manifest: dict[str, Any] | None = None) -> None:
-                advance(record_stage_tables(spec, out, manifest))
+            def on_done(manifest: dict[str, Any] | None = None) -> None:  # a remote shard's task recorded its
+                advance(manifest if remote else record_stage_tables(spec, out, manifest))  # tables already
 
             todo = _rebuild_incrementally(spec, out, todo, increments, on_done)
             if todo and executor == "local":
-                failed = _run_local(spec, out, todo, on_done)
+                failed = _run_local(spec, out, todo, on_done, remote and remote.url)
             elif todo:
-                failed = _run_ray(spec, out, todo, ray_address, on_done, executor)
+                failed = _run_ray(spec, out, todo, ray_address, on_done, executor, remote and remote.url)
             log.info("built %d episodes, %d frames %s", advance.episodes, advance.frames, advance.rate())
     result.shards_built -= len(failed)
-    finalize(spec, out, plans, plan_errors, result, failed)
+    finalize(spec, out, plans, plan_errors, result, failed, remote=remote)
     _advise(result, retry_errors)
     return result
 
@@ -319,12 +286,12 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _done_manifests(out: Path, plans: list[ShardPlan]) -> dict[int, dict[str, Any]]:
-    manifests = {}
-    for plan in plans:
-        manifest = read_shard_manifest(out, plan.index) if shard_done(out, plan.index) else None
-        if manifest:
-            manifests[plan.index] = manifest
-    return manifests
+    """The manifests of the done shards, each read once (one read and one tar stat per shard); finalize passes
+    them on (outcome, errors, the job manifest) instead of reading them again. Serial: handing whole
+    manifests back from processes costs the parent about as much as parsing them (docs/bench/scale.md)."""
+    from motiondata.store.manifest import done_manifests
+
+    return done_manifests(out, [plan.index for plan in plans])
 
 
 def _unmark_stage_failure(out: Path, spec: JobSpec, manifests: dict[int, dict[str, Any]],
@@ -342,9 +309,13 @@ def _unmark_stage_failure(out: Path, spec: JobSpec, manifests: dict[int, dict[st
 
 
 def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list[dict[str, Any]],
-             result: JobResult, failed: dict[int, str] | None = None) -> None:
+             result: JobResult, failed: dict[int, str] | None = None, remote: Remote | None = None) -> None:
+    """Write the job files of what exists; a remote store is pulled first (other nodes wrote shards) and
+    its changed job files uploaded last."""
     failed = dict(failed or {})
-    manifests = _done_manifests(out, plans)
+    if remote is not None:
+        remote.pull(job_files=False)
+    manifests = remote.done_manifests([p.index for p in plans]) if remote else _done_manifests(out, plans)
     result.problem = _unmark_stage_failure(out, spec, manifests, failed)
     for plan in plans:
         if plan.index not in manifests:
@@ -368,6 +339,9 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
     _write_if_changed(layout.stats_file(out), json.dumps(stats, indent=2, sort_keys=True) + "\n")
     lines = sorted(json.dumps(e, sort_keys=True) for e in errors)
     _write_if_changed(layout.errors_file(out), "".join(line + "\n" for line in lines))
+    if remote is not None:
+        result.out = remote.publish()  # report.md naming the URL, then the changed job files uploaded
+        return
     from motiondata.inspect.report import write_report
 
     write_report(out)
@@ -375,6 +349,10 @@ def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list
 
 def _job_document(spec: JobSpec, manifests: dict[int, dict[str, Any]], result: JobResult,
                   conflicts: list[str]) -> dict[str, Any]:
+    """manifest.json's document; above ``INDEX_THRESHOLD`` shards the shard list is written to
+    ``shards/index.jsonl`` in ``result.out`` and the document names it (``manifest.externalize_shards``)."""
+    from motiondata.store.manifest import externalize_shards
+
     job = {
         "format_version": motiondata.FORMAT_VERSION, "name": spec.name, "spec": spec.to_dict(),
         "spec_hash": spec.hash(), "software": software_versions(),
@@ -390,4 +368,4 @@ def _job_document(spec: JobSpec, manifests: dict[int, dict[str, Any]], result: J
         job["problem"] = result.problem
     if conflicts:
         job["stats_conflicts"] = conflicts
-    return job
+    return externalize_shards(result.out, job)

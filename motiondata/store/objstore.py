@@ -67,3 +67,16 @@ def staging_dir(url: str) -> Path:
     base = Path(os.environ.get("MOTIONDATA_STAGING") or Path.home() / ".cache" / "motiondata" / "staging")
     digest = hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
     return base / digest
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options for a library that opens ``url`` itself (zarr's FsspecStore): no S3 listing cache, so
+    objects written by another node are seen."""
+    return {"use_listings_cache": False} if scheme_of(url) in ("s3", "s3a") else {}
+
+
+def open_zarr_group(url: str) -> Any:
+    """The Zarr v3 group at a remote ``url``, read-only, through zarr's fsspec store."""
+    import zarr
+
+    return zarr.open_group(url, mode="r", zarr_format=3, storage_options=storage_options(url))

@@ -27,7 +27,9 @@ from motiondata.store.layout import SHARDS_DIR, shard_name, shard_tar
 from motiondata.store.manifest import (check_job_manifest, check_shard_manifest, read_job_manifest,
                                        read_shard_manifest, schema_problems)
 from motiondata.store.npy_member import decode_member
+from motiondata.store.objstore import is_remote, local_path
 from motiondata.store.shards import describe_sample, file_sha256, iter_members, sample_digest
+from motiondata.store.validate_remote import fetched_tar
 from motiondata.store.validate_zarr import check_stats, check_zarr
 
 log = logging.getLogger(__name__)
@@ -110,10 +112,11 @@ def _check_tar(out: Path, index: int, manifest: dict[str, Any], deep: bool, tall
         tally["samples_skipped"] += manifest["num_samples"]
         return problems
     tally["bytes_hashed"] += size
-    if file_sha256(path) != manifest["sha256"]:
-        problems.append(f"{_at(shard)}: sha256 differs from the manifest (corrupted); rewrite the shard "
-                        "(`motiondata build --verify` rebuilds it)")
-    return problems + _check_members(shard, path, manifest, tally)
+    with fetched_tar(path):  # a remote store's tar is downloaded for this check only
+        if file_sha256(path) != manifest["sha256"]:
+            problems.append(f"{_at(shard)}: sha256 differs from the manifest (corrupted); rewrite the shard "
+                            "(`motiondata build --verify` rebuilds it)")
+        return problems + _check_members(shard, path, manifest, tally)
 
 
 def tar_path_problem(tar: Any, expected: str | None = None) -> str | None:
@@ -283,8 +286,12 @@ def validate_store_report(out: str | Path, deep: bool = True) -> dict[str, Any]:
     """``{"ok", "deep", "problems", "skipped", "checked"}`` for the store at ``out``: ``problems`` as in
     :func:`validate_store`; ``skipped`` says, one line per kind, what ``deep=False`` (``--quick``) did
     not check and what that misses; ``checked`` counts shards, samples, bytes hashed, episodes, arrays
-    and chunks read."""
-    out, tally = Path(out), Counter()
+    and chunks read. ``out`` may be an object store URL (``motiondata.store.validate_remote``)."""
+    if is_remote(out):  # s3://bucket/prefix...: the same checks on a temporary local copy
+        from motiondata.store.validate_remote import validate_remote_report
+
+        return validate_remote_report(str(out), deep)
+    out, tally = local_path(out), Counter()
     problems, indices, job = _check_job(out, deep, tally)
     if job is None:
         for index in indices:

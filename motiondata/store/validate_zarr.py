@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,6 +27,7 @@ from motiondata.store.episodes_zarr import list_episodes, open_episode
 from motiondata.store.layout import shard_manifest, shard_name, shard_stats, stats_file, zarr_store
 from motiondata.store.manifest import schema_problems
 from motiondata.store.stats import merge_partials, norm_stats_problems, read_partial_stats
+from motiondata.store.validate_remote import fetched_episode
 
 STAT_KEYS = ("mean", "std", "q01", "q99")
 RTOL, ATOL = 1e-6, 1e-9  # merge order changes float sums by ~1e-15; a stale file differs by far more
@@ -107,7 +109,8 @@ def check_zarr(out: Path, episodes: set[str], deep: bool, tally: Counter) -> lis
     for eid in stored:
         tally["episodes"] += 1
         try:
-            problems += _check_group(out, eid, deep, tally)
+            with fetched_episode(eid) if deep else nullcontext():  # a remote store's chunks, one group at a time
+                problems += _check_group(out, eid, deep, tally)
         except Exception as err:  # a corrupt group can fail in zarr in many ways
             problems.append(f"episodes.zarr/{eid}: unreadable ({type(err).__name__}: {err}); rebuild the shard "
                             "that holds it")

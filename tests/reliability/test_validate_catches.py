@@ -119,7 +119,7 @@ def test_orphan_zarr_group_is_refused(store):
 
 def test_duplicate_keys_and_episodes_across_shards(store):
     """A stale rerun stored shard 0's inputs again as shard 2: the same keys and episodes twice."""
-    for suffix in (".tar", ".json", ".stats.json"):
+    for suffix in (".tar", ".json", ".stats.bin"):
         shutil.copy(store / "shards" / f"shard-000000{suffix}", store / "shards" / f"shard-000002{suffix}")
     edit_json(shard_manifest(store, 2), lambda m: m.update(shard="shard-000002", index=2,
                                                             tar="shards/shard-000002.tar"))
