@@ -1,7 +1,8 @@
 """Issue 11 scale numbers -> docs/bench/scale.md.
 
 1. planning: ``plan_shards`` over N synthetic units of one source (a LeRobot-style episode index: no file
-   probing), seconds and peak RSS growth;
+   probing; a compact ``unit_listing``, and the largest N once more as a plain ``units()`` list), seconds
+   and peak RSS growth (``--only-plan`` reruns these rows only);
 2. finalize: ``outcome.merge_stats`` over N binary shard partials (tree of CHUNK-shard leaves in processes)
    and one process's rate (sizes the machine), the same for older stores' JSON partials; manifest.json
    bytes at N shards (the shard list in shards/index.jsonl);
@@ -9,7 +10,7 @@
    sum of its call times / the job's wall time while decoding runs in parallel tasks;
 4. per-stage CPU cost per frame on the demo spec (decode + each stage, one thread).
 
-    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 250000] [--skip-ray] [--only-finalize]
+    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 250000] [--skip-ray] [--only-finalize] [--only-plan]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +33,46 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_scale")
 
 
-class SyntheticSource:
+class EpisodeRows(Sequence):
+    """A LeRobot-style episode index as a compact listing: row ``i`` is made on use."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        return {"id": f"episode_{i:07d}", "episode_index": i}
+
+
+class ListedSource:
+    """The same episodes through ``units()`` only: the planner keeps the source's list of dicts."""
+
     def __init__(self, count: int):
         self.count = count
 
     def units(self):
-        return [{"id": f"episode_{i:07d}", "episode_index": i} for i in range(self.count)]
+        return list(EpisodeRows(self.count))
 
 
-def bench_plan(count: int) -> dict:
+class SyntheticSource(ListedSource):
+    def unit_listing(self):
+        return EpisodeRows(self.count)
+
+
+def bench_plan(count: int, compact: bool = True) -> dict:
+    """``plan_shards`` over ``count`` units of a compact listing (``unit_listing``), or of a plain ``units()``
+    list (``compact=False``: the listing itself is then in memory)."""
     from motiondata.pipeline import plan
     from motiondata.pipeline.spec import parse_spec
 
     spec = parse_spec({"name": "scale", "sources": [{"kind": "lerobot", "path": "synthetic", "name": "s"}],
                        "shards": {"episodes_per_shard": 4}})
     original = plan.open_spec_source
-    plan.open_spec_source = lambda spec, index: SyntheticSource(count)
+    plan.open_spec_source = lambda spec, index: (SyntheticSource if compact else ListedSource)(count)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     try:
@@ -55,7 +81,8 @@ def bench_plan(count: int) -> dict:
         plan.open_spec_source = original
     seconds = time.perf_counter() - start
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return {"units": count, "shards": len(plans), "seconds": seconds, "rss_mib": grown, "errors": len(errors)}
+    return {"units": count, "shards": len(plans), "seconds": seconds, "rss_mib": grown, "errors": len(errors),
+            "compact": compact}
 
 
 def _partials(out: Path, shards: int, fmt: str) -> int:
@@ -267,12 +294,33 @@ def replace_finalize(finalize: dict) -> Path:
     return path
 
 
+def plan_lines(plans: list[dict]) -> list[str]:
+    return [f"| {p['units']:,} units{'' if p.get('compact', True) else ', `units()` list'} | {p['shards']:,} | "
+            f"{p['seconds']:.2f} | {p['rss_mib']:.0f} MiB |" for p in plans]
+
+
+def bench_plans(counts: list[int]) -> list[dict]:
+    """Each count over a compact listing, then the largest over a plain list (what a source without
+    ``unit_listing`` costs)."""
+    return [bench_plan(n) for n in counts] + [bench_plan(max(counts), compact=False)]
+
+
+def replace_plan(plans: list[dict]) -> Path:
+    """Rewrite only the planning rows of docs/bench/scale.md (``--only-plan``)."""
+    path = ROOT / "docs" / "bench" / "scale.md"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| planning")) + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    path.write_text("\n".join(lines[:start] + plan_lines(plans) + lines[end:]), encoding="utf-8")
+    return path
+
+
 def write_section(plans: list[dict], merge: dict, busy: dict | None, stages: list[dict]) -> Path:
     lines = ["# Scale (issue 11)", "",
              f"- CPU: {platform.machine()}, {os.cpu_count()} cores visible (shared machine), "
              f"load average at start {os.getloadavg()[0]:.1f}; no GPU (GPU rows: not measured)", "",
              "| planning (synthetic episode index) | shards | seconds | peak RSS growth |", "|---|---|---|---|"]
-    lines += [f"| {p['units']:,} units | {p['shards']:,} | {p['seconds']:.2f} | {p['rss_mib']:.0f} MiB |" for p in plans]
+    lines += plan_lines(plans)
     lines += [""] + finalize_lines(merge) + [""]
     if busy:
         lines += ["| streaming executor, 1 logical GPU, stand-in encoder | calls | busy s | job wall s | "
@@ -294,8 +342,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-shards", type=int, default=4096, help="older stores' JSON partials, for comparison")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--only-finalize", action="store_true", help="rerun the finalize rows only")
+    parser.add_argument("--only-plan", action="store_true", help="rerun the planning rows only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.only_plan:
+        plans = bench_plans(args.units)
+        log.info("%s", json.dumps(plans))
+        log.info("wrote %s", replace_plan(plans))
+        return
     merge = {"merges": [bench_merge(args.shards), bench_merge(args.json_shards, "json")],
              "manifests": [bench_manifest(n) for n in (1000, args.shards)], "reads": bench_reads(args.shards)}
     if args.only_finalize:
@@ -305,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    plans = [bench_plan(n) for n in args.units]
+    plans = bench_plans(args.units)
     busy = None if args.skip_ray else bench_busy()
     stages = bench_stages()
     log.info("%s", json.dumps({"plans": plans, "merge": merge, "busy": busy, "stages": stages}))
