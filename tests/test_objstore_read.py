@@ -212,3 +212,27 @@ def test_an_input_is_downloaded_once_and_again_when_it_changes(tmp_path, s3_serv
 def test_unknown_scheme_is_one_spec_line():
     with pytest.raises(SpecError, match="not a URL fsspec knows"):
         parse_spec({"sources": [{"kind": "hdf5", "path": "nope://bucket/x.hdf5"}]})
+
+
+@pytest.mark.slow
+def test_a_replaced_remote_video_is_a_changed_input(tmp_path, s3_server, s3_bucket, monkeypatch):
+    """Same frame count and fps, other pixels: only the object's ETag (in its fingerprint) tells them apart."""
+    from motiondata.errors import MotionDataError
+
+    monkeypatch.setenv("MOTIONDATA_STAGING", str(tmp_path / "staging"))
+    videos = write_video_folder(tmp_path / "videos", good=2, corrupt=False)
+    url = _upload(s3_server, videos, s3_bucket, "videos")
+    spec = {"name": "s3_videos", "sources": [{"kind": "video", "path": url, "name": "web"}],
+            "frames": {"size": [24, 24]}, "windows": {"length": 8, "stride": 4}, "shards": {"episodes_per_shard": 1}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    first = run_job(load_spec(tmp_path / "spec.yaml"), tmp_path / "out", executor="local", show_progress=False)
+    recorded = json.loads(layout.shard_manifest(tmp_path / "out", 0).read_text())["inputs"][0]["fingerprint"]
+    assert first.complete and list(recorded["files"].values())[0].split(":")[1] == "etag", recorded
+    fs = _fs(s3_server)
+    fs.pipe_file(f"{url.removeprefix('s3://')}/clip_0.mp4", (videos / "clip_1.mp4").read_bytes())
+    changed = r"input changed since shard-000000 was built: web:clip_0 \((size|content)"
+    with pytest.raises(MotionDataError, match=changed):
+        run_job(load_spec(tmp_path / "spec.yaml"), tmp_path / "out", executor="local", show_progress=False)
+    again = run_job(load_spec(tmp_path / "spec.yaml"), tmp_path / "out", executor="local", show_progress=False,
+                    rebuild_changed=True)
+    assert again.complete and again.shards_built == 1  # only the shard of the replaced video

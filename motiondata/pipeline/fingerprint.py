@@ -4,7 +4,9 @@ A unit's fingerprint is ``{"unit": <hash of the reader's unit dict>, "files": {p
 over every ``"file"`` the unit names (readers put the episode's file there; LeRobot units also name
 their videos). A file fingerprint is ``"<size>:sha256:<digest>"`` for small files (content, so a
 ``touch`` or a copy does not count as a change) and ``"<size>:mtime:<mtime_ns>"`` for the rest
-(cheap: planning never reads large inputs). Paths that are not local files (hub ids, URLs) are skipped.
+(cheap: planning never reads large inputs). An object-store URL (``s3://``, ``gs://``: a remote video
+folder's files) is ``"<size>:etag:<ETag>"`` from one metadata request (the ETag changes with the content).
+Other paths that are not files (hub ids) are skipped.
 """
 
 from __future__ import annotations
@@ -14,11 +16,33 @@ import json
 import os
 from typing import Any
 
+from motiondata.errors import MotionDataError
+
 SMALL_FILE = 1 << 16  # files up to 64 KiB are fingerprinted by content
 
 
+def url_fingerprint(url: str) -> str | None:
+    """``size:etag:…`` of an object (``size:mtime:…`` where the store gives no ETag); ``None`` if it is gone."""
+    from motiondata.store import objstore
+
+    try:
+        fs, root = objstore.filesystem(url)
+        info = fs.info(root)
+    except (OSError, ValueError, MotionDataError):  # missing object, unreachable store: read by the shard task, recorded there
+        return None
+    etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    kind, value = ("etag", etag) if etag else ("mtime", str(stamp))
+    return f"{info.get('size', 0)}:{kind}:{value}" if info.get("type", "file") == "file" else None
+
+
 def file_fingerprint(path: str) -> str | None:
-    """``size:sha256:…`` (small files) or ``size:mtime:…`` of a local file; ``None`` if it is not one."""
+    """``size:sha256:…`` (small files) or ``size:mtime:…`` of a local file, ``size:etag:…`` of an object URL;
+    ``None`` if it is neither."""
+    if "://" in path:
+        from motiondata.store import objstore
+
+        return url_fingerprint(path) if objstore.is_remote(path) else None
     try:
         st = os.stat(path)
     except OSError:
@@ -43,7 +67,7 @@ def unit_files(unit: Any, root: str) -> list[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == "file" and isinstance(value, str):
-                    found.append(value if os.path.isabs(value) else os.path.join(root, value))
+                    found.append(value if os.path.isabs(value) or "://" in value else os.path.join(root, value))
                 elif isinstance(value, (dict, list)):
                     stack.append(value)
         elif isinstance(node, list):
@@ -71,7 +95,7 @@ def _file_change(old: str, new: str | None) -> str:
     new_size, new_kind, _ = (new.split(":", 2) + ["", ""])[:3]
     if old_size != new_size:
         return "size/mtime differ"
-    if old_kind == new_kind == "sha256":
+    if old_kind == new_kind and old_kind in ("sha256", "etag"):
         return "content differs"
     return "size/mtime differ" if "mtime" in (old_kind, new_kind) else "content differs"
 
