@@ -10,7 +10,8 @@
    sum of its call times / the job's wall time while decoding runs in parallel tasks;
 4. per-stage CPU cost per frame on the demo spec (decode + each stage, one thread).
 
-    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 250000] [--skip-ray] [--only-finalize] [--only-plan]
+    .venv/bin/python -m benchmarks.bench_scale [--units 1000000] [--shards 250000] [--skip-ray]
+                                                 [--only-finalize | --only-plan | --only-busy]
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def bench_manifest(shards: int) -> dict:
             "seconds": seconds}
 
 
+BUSY_SIZES = (16, 160)  # a short job (Ray and actor start-up weigh) and one where they are amortised
+
+
 def bench_busy(episodes: int = 16, sleep: float = 1.0) -> dict:
     import ray
 
@@ -315,7 +319,25 @@ def replace_plan(plans: list[dict]) -> Path:
     return path
 
 
-def write_section(plans: list[dict], merge: dict, busy: dict | None, stages: list[dict]) -> Path:
+def busy_lines(busy: list[dict]) -> list[str]:
+    head = ["| streaming executor, 1 logical GPU, stand-in encoder | calls | busy s | job wall s | busy / job | "
+            "busy / encoding span |", "|---|---|---|---|---|---|"]
+    return head + [f"| {b['episodes']} episodes x 40 frames, {b['sleep']} s per batch | {b['calls']} | "
+                   f"{b['busy_s']:.1f} | {b['wall_s']:.1f} | {100 * b['share_job']:.0f} % | "
+                   f"{100 * b['share_encoding']:.0f} % |" for b in busy]
+
+
+def replace_busy(busy: list[dict]) -> Path:
+    """Rewrite only the busy-share table of docs/bench/scale.md (``--only-busy``)."""
+    path = ROOT / "docs" / "bench" / "scale.md"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("| streaming executor"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    path.write_text("\n".join(lines[:start] + busy_lines(busy) + lines[end:]), encoding="utf-8")
+    return path
+
+
+def write_section(plans: list[dict], merge: dict, busy: list[dict] | None, stages: list[dict]) -> Path:
     lines = ["# Scale (issue 11)", "",
              f"- CPU: {platform.machine()}, {os.cpu_count()} cores visible (shared machine), "
              f"load average at start {os.getloadavg()[0]:.1f}; no GPU (GPU rows: not measured)", "",
@@ -323,11 +345,7 @@ def write_section(plans: list[dict], merge: dict, busy: dict | None, stages: lis
     lines += plan_lines(plans)
     lines += [""] + finalize_lines(merge) + [""]
     if busy:
-        lines += ["| streaming executor, 1 logical GPU, stand-in encoder | calls | busy s | job wall s | "
-                  "busy / job | busy / encoding span |", "|---|---|---|---|---|---|",
-                  f"| {busy['episodes']} episodes x 40 frames, {busy['sleep']} s per batch | {busy['calls']} | "
-                  f"{busy['busy_s']:.1f} | {busy['wall_s']:.1f} | {100 * busy['share_job']:.0f} % | "
-                  f"{100 * busy['share_encoding']:.0f} % |", ""]
+        lines += busy_lines(busy) + [""]
     lines += ["| demo spec, CPU (1 thread) | ms per frame | GPU ms per frame |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['ms_per_frame']:.2f} | not measured |" for s in stages]
     path = ROOT / "docs" / "bench" / "scale.md"
@@ -343,8 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--only-finalize", action="store_true", help="rerun the finalize rows only")
     parser.add_argument("--only-plan", action="store_true", help="rerun the planning rows only")
+    parser.add_argument("--only-busy", action="store_true", help="rerun the busy-share rows only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.only_busy:
+        log.info("wrote %s", replace_busy([bench_busy(n) for n in BUSY_SIZES]))
+        return
     if args.only_plan:
         plans = bench_plans(args.units)
         log.info("%s", json.dumps(plans))
@@ -360,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     plans = bench_plans(args.units)
-    busy = None if args.skip_ray else bench_busy()
+    busy = None if args.skip_ray else [bench_busy(n) for n in BUSY_SIZES]
     stages = bench_stages()
     log.info("%s", json.dumps({"plans": plans, "merge": merge, "busy": busy, "stages": stages}))
     log.info("wrote %s", write_section(plans, merge, busy, stages))
