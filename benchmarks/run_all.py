@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["fast", "encode", "keyframes", "flow", "flow_validity", "decode", "loader", "loader_workers", "train", "recipes", "incremental", "scale"]
+ORDER = ["fast", "encode", "keyframes", "flow", "flow_validity", "decode", "loader", "loader_workers", "train", "recipes", "incremental", "scale", "finalize"]  # finalize appends its table to scale.md
 HEADER = """# Benchmarks
 
 Measured numbers only; every ratio compares motiondata with the tool users would otherwise use, timed in

@@ -15,7 +15,8 @@ def _fmt(values: list[float]) -> str:
 def render_report(summary: dict) -> str:
     lines = [f"# motiondata store: {summary['name']}", "",
              f"- store: `{summary['store']}`",
-             f"- episodes: {len(summary['episodes'])}, samples (windows): {summary['samples']}, "
+             f"- episodes: {summary.get('num_episodes', len(summary['episodes']))}, "
+             f"samples (windows): {summary['samples']}, "
              f"shards: {summary['shards']}, rejected inputs: {summary['errors']}",
              "- stages: " + (", ".join(f"{s['name']} ({s['config_hash']})" for s in summary["stages"]) or "none"),
              "", "## Fields", "", "| field | dtype | shape (first sample) |", "|---|---|---|"]
@@ -25,6 +26,9 @@ def render_report(summary: dict) -> str:
     for name, st in sorted(summary["stats"].items()):
         lines.append(f"- `{name}` ({len(st['mean'])} dims): mean {_fmt(st['mean'])}, q01 {_fmt(st['q01'])}, "
                      f"q99 {_fmt(st['q99'])}")
+    if summary.get("shards_read", summary["shards"]) < summary["shards"]:
+        lines += ["", f"Fields and episodes below come from {summary['shards_read']:,} evenly spaced shards of "
+                      f"{summary['shards']:,}; `motiondata inspect STORE --json` reads them all."]
     lines += ["", "## Episodes", "", "| episode | windows |", "|---|---|"]
     lines += [f"| {ep} | {n} |" for ep, n in summary["windows_per_episode"].items()]
     if summary["error_records"]:
@@ -34,9 +38,12 @@ def render_report(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+REPORT_SHARDS = 1000  # a build report reads at most this many shard manifests (finalize at 250k shards)
+
+
 def write_report(out: str | Path) -> Path:
     path = layout.report_file(out)
-    text = render_report(summarize(out))
+    text = render_report(summarize(out, max_shards=REPORT_SHARDS))
     if not (path.exists() and path.read_text(encoding="utf-8") == text):
         layout.atomic_write_text(path, text)
     return path

@@ -18,12 +18,23 @@ def _job(out: Path) -> dict[str, Any]:
     return job
 
 
-def summarize(out: str | Path, episode: str | None = None) -> dict[str, Any]:
+def _spread(entries: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """At most ``limit`` entries, evenly spaced from the first to the last (all when ``limit`` is None)."""
+    if limit is None or len(entries) <= limit:
+        return entries
+    step = (len(entries) - 1) / (limit - 1)
+    return [entries[round(i * step)] for i in range(limit)]
+
+
+def summarize(out: str | Path, episode: str | None = None, max_shards: int | None = None) -> dict[str, Any]:
+    """The store's summary from every shard manifest, or (``max_shards``: the build report of a large store)
+    from that many evenly spaced ones; counts always come from the job manifest."""
     out = Path(out)
     job = _job(out)
     episodes: dict[str, dict[str, Any]] = {}
     fields: dict[str, Any] = {}
-    for entry in job["shards"]:
+    read = _spread(job["shards"], max_shards)
+    for entry in read:
         manifest = read_shard_manifest(out, int(entry["shard"].split("-")[1])) or {}
         for name, desc in manifest.get("fields", {}).items():
             fields.setdefault(name, desc)
@@ -36,6 +47,8 @@ def summarize(out: str | Path, episode: str | None = None) -> dict[str, Any]:
     stats = json.loads(layout.stats_file(out).read_text()) if layout.stats_file(out).exists() else {}
     summary = {
         "store": str(out), "name": job.get("name"), "episodes": sorted(episodes), "samples": job["num_samples"],
+        "num_episodes": len(episodes) if len(read) == len(job["shards"]) else job.get("num_episodes", len(episodes)),
+        "shards_read": len(read),
         "shards": len(job["shards"]), "errors": len(errors), "fields": fields,
         "stages": job.get("stages", []), "stats": stats.get("norm_stats", {}), "error_records": errors,
         "windows_per_episode": {k: v["windows"] for k, v in sorted(episodes.items())},

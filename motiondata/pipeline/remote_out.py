@@ -266,10 +266,10 @@ class Remote:
 
     def publish(self) -> str:
         """After finalize: write report.md naming the URL, upload the job files that changed; the URL."""
-        from motiondata.inspect.report import render_report
+        from motiondata.inspect.report import REPORT_SHARDS, render_report
         from motiondata.inspect.summary import summarize
 
-        text = render_report({**summarize(self.staging), "store": self.url})
+        text = render_report({**summarize(self.staging, max_shards=REPORT_SHARDS), "store": self.url})
         path = layout.report_file(self.staging)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             layout.atomic_write_text(path, text)

@@ -32,7 +32,8 @@ from motiondata.pipeline.shard_task import build_shard, job_stages
 from motiondata.pipeline.spec import JobSpec
 from motiondata.store import layout
 from motiondata.store.episodes_zarr import ensure_store
-from motiondata.store.manifest import check_job_manifest, read_job_manifest, shard_done, software_versions
+from motiondata.store.manifest import check_job_manifest, finalize_view, read_job_manifest, shard_done, \
+    software_versions
 from motiondata.store.shards import file_sha256
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,9 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
     stale = {**changed, **dict.fromkeys(increments, "stages")}
     todo = _todo(out, plans, manifests, stale, retry_errors, verify, remote)
     result = JobResult(out, len(plans), len(todo), len(plans) - len(todo))
+    known = {i: finalize_view(m) for i, m in manifests.items()}  # finalize reads only what it does not know
+    for plan in todo:
+        known.pop(plan.index, None)
     log.info("%d shards planned, %d done already, %d to build", len(plans), result.shards_skipped, len(todo))
     failed: dict[int, str] = {}
     if todo:
@@ -256,6 +260,8 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
 
             def on_done(manifest: dict[str, Any] | None = None) -> None:  # a remote shard's task recorded its
                 advance(manifest if remote else record_stage_tables(spec, out, manifest))  # tables already
+                if manifest and isinstance(manifest.get("index"), int):
+                    known[manifest["index"]] = finalize_view(manifest)
 
             todo = _rebuild_incrementally(spec, out, todo, increments, on_done)
             if todo and executor == "local":
@@ -264,7 +270,7 @@ def run_job(spec: JobSpec, out: str | Path, ray_address: str | None = None, exec
                 failed = _run_ray(spec, out, todo, ray_address, on_done, executor, remote and remote.url)
             log.info("built %d episodes, %d frames %s", advance.episodes, advance.frames, advance.rate())
     result.shards_built -= len(failed)
-    finalize(spec, out, plans, plan_errors, result, failed, remote=remote)
+    finalize(spec, out, plans, plan_errors, result, failed, remote=remote, known=known)
     _advise(result, retry_errors)
     return result
 
@@ -285,13 +291,24 @@ def _write_if_changed(path: Path, text: str) -> None:
     layout.atomic_write_text(path, text)
 
 
-def _done_manifests(out: Path, plans: list[ShardPlan]) -> dict[int, dict[str, Any]]:
-    """The manifests of the done shards, each read once (one read and one tar stat per shard); finalize passes
-    them on (outcome, errors, the job manifest) instead of reading them again. Serial: handing whole
-    manifests back from processes costs the parent about as much as parsing them (docs/bench/scale.md)."""
+def _done_manifests(out: Path, plans: list[ShardPlan], known: dict[int, dict[str, Any]] | None = None
+                    ) -> dict[int, dict[str, Any]]:
+    """The manifests of the done shards: ``known`` views (``finalize_view``: shards this run built or found
+    done) where the tar still has the listed size (one stat), the others read once (one read and one tar
+    stat per shard). Serial: handing whole manifests back from processes costs the parent about as much as
+    parsing them (docs/bench/scale.md)."""
     from motiondata.store.manifest import done_manifests
 
-    return done_manifests(out, [plan.index for plan in plans])
+    found, unknown = {}, []
+    for plan in plans:
+        view = (known or {}).get(plan.index)
+        tar = layout.shard_tar(out, plan.index)
+        if view is not None and tar.is_file() and tar.stat().st_size == view.get("bytes"):
+            found[plan.index] = view
+        else:
+            unknown.append(plan.index)
+    found.update(done_manifests(out, unknown))
+    return dict(sorted(found.items()))
 
 
 def _unmark_stage_failure(out: Path, spec: JobSpec, manifests: dict[int, dict[str, Any]],
@@ -309,13 +326,14 @@ def _unmark_stage_failure(out: Path, spec: JobSpec, manifests: dict[int, dict[st
 
 
 def finalize(spec: JobSpec, out: Path, plans: list[ShardPlan], plan_errors: list[dict[str, Any]],
-             result: JobResult, failed: dict[int, str] | None = None, remote: Remote | None = None) -> None:
-    """Write the job files of what exists; a remote store is pulled first (other nodes wrote shards) and
-    its changed job files uploaded last."""
+             result: JobResult, failed: dict[int, str] | None = None, remote: Remote | None = None,
+             known: dict[int, dict[str, Any]] | None = None) -> None:
+    """Write the job files of what exists; ``known``: this run's views of done shards (not read again). A
+    remote store is pulled first (other nodes wrote shards) and its changed job files uploaded last."""
     failed = dict(failed or {})
     if remote is not None:
         remote.pull(job_files=False)
-    manifests = remote.done_manifests([p.index for p in plans]) if remote else _done_manifests(out, plans)
+    manifests = remote.done_manifests([p.index for p in plans]) if remote else _done_manifests(out, plans, known)
     result.problem = _unmark_stage_failure(out, spec, manifests, failed)
     for plan in plans:
         if plan.index not in manifests:

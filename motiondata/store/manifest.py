@@ -147,6 +147,18 @@ def done_manifests(out: str | Path, indices: list[int]) -> dict[int, dict[str, A
     return {index: manifest for index in indices if (manifest := done_manifest(out, index))}
 
 
+def finalize_view(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What finalize needs of a shard manifest (job manifest entry, counts, error records, the stored
+    episodes' units): a few hundred bytes instead of the per-sample lists, so a run can keep one per shard
+    it built or found done and finalize need not read every manifest again."""
+    view = {k: manifest[k] for k in ("shard", "index", "tar", "num_samples", "sha256", "bytes", "episodes", "errors")
+            if k in manifest}
+    stored = set(manifest.get("episodes", []))
+    view["inputs"] = [{"unit": i.get("unit"), "episode": i.get("episode")} for i in manifest.get("inputs", [])
+                      if isinstance(i, dict) and i.get("episode") in stored]
+    return view
+
+
 def shard_done(out: str | Path, index: int) -> bool:
     """True when shard ``index`` has a readable manifest and a tar of exactly the listed size."""
     return done_manifest(out, index) is not None
