@@ -1,8 +1,8 @@
 """Issue 11 scale numbers -> docs/bench/scale.md.
 
 1. planning: ``plan_shards`` over N synthetic units of one source (a LeRobot-style episode index: no file
-   probing; a compact ``unit_listing``, and the largest N once more as a plain ``units()`` list), seconds
-   and peak RSS growth (``--only-plan`` reruns these rows only);
+   probing; a compact ``unit_listing``, and the largest N once more as a plain ``units()`` list), then a real
+   LeRobot v3.0 index of the largest N (``bench_plan_lerobot``), seconds and peak RSS growth (``--only-plan``);
 2. finalize: ``outcome.merge_stats`` over N binary shard partials (tree of CHUNK-shard leaves in processes)
    and one process's rate (sizes the machine), the same for older stores' JSON partials; manifest.json
    bytes at N shards (the shard list in shards/index.jsonl);
@@ -142,7 +142,7 @@ def bench_reads(shards: int) -> dict:
 
     from motiondata.pipeline.runner import _done_manifests
     from motiondata.store import layout
-    from motiondata.store.manifest import done_manifest, write_shard_manifest
+    from motiondata.store.manifest import done_manifest, finalize_view, read_shard_manifest, write_shard_manifest
 
     out = Path(tempfile.mkdtemp(prefix="bench_reads_"))
     try:
@@ -167,12 +167,18 @@ def bench_reads(shards: int) -> dict:
         start = time.perf_counter()
         done = len(_done_manifests(out, [SimpleNamespace(index=i) for i in range(shards)]))
         seconds = time.perf_counter() - start
+        view = finalize_view(read_shard_manifest(out, 0))
+        known = {i: {**view, "index": i} for i in range(shards)}  # what a run keeps of the shards it built
+        start = time.perf_counter()
+        assert len(_done_manifests(out, [SimpleNamespace(index=i) for i in range(shards)], known)) == done
+        views = time.perf_counter() - start
         parallel = _parallel_reads(out, shards)
         size = layout.shard_manifest(out, 0).stat().st_size
     finally:
         shutil.rmtree(out)
     return {"shards": done, "seconds": seconds, "manifest_bytes": size, "core_ms_per_shard": core_ms,
-            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count(), "parallel_s": parallel}
+            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count(), "parallel_s": parallel,
+            "views_s": views, "view_bytes": len(json.dumps(view))}
 
 
 def _parallel_reads(out: Path, shards: int) -> float:
@@ -282,6 +288,10 @@ def finalize_lines(finalize: dict) -> list[str]:
                  f"{r['core_ms_per_shard']:.3f} | (serial) |")
     lines.append(f"| the same read in chunks of 2048 in {r['workers']} processes (manifests pickled back) | | "
                  f"{r['parallel_s']:.2f} | {1e3 * r['parallel_s'] / r['shards']:.3f} | | |")
+    if "views_s" in r:
+        lines.append(f"| finalize after a build: the run's views of its shards, one tar stat each | "
+                     f"{r['view_bytes']:,} B view | {r['views_s']:.2f} | {1e3 * r['views_s'] / r['shards']:.3f} | "
+                     "| (serial) |")
     for m in finalize["manifests"]:
         lines.append(f"| manifest.json of {m['shards']:,} shards (inline list: {m['inline_bytes']:,} B) | "
                      f"{m['manifest_bytes']:,} B + index {m['index_bytes']:,} B | {m['seconds']:.2f} | | | |")
@@ -299,14 +309,16 @@ def replace_finalize(finalize: dict) -> Path:
 
 
 def plan_lines(plans: list[dict]) -> list[str]:
-    return [f"| {p['units']:,} units{'' if p.get('compact', True) else ', `units()` list'} | {p['shards']:,} | "
-            f"{p['seconds']:.2f} | {p['rss_mib']:.0f} MiB |" for p in plans]
+    return [f"| {p['units']:,} {p.get('what', 'units')}{'' if p.get('compact', True) else ', `units()` list'} | "
+            f"{p['shards']:,} | {p['seconds']:.2f} | {p['rss_mib']:.0f} MiB |" for p in plans]
 
 
 def bench_plans(counts: list[int]) -> list[dict]:
     """Each count over a compact listing, then the largest over a plain list (what a source without
-    ``unit_listing`` costs)."""
-    return [bench_plan(n) for n in counts] + [bench_plan(max(counts), compact=False)]
+    ``unit_listing`` costs), then a real LeRobot v3.0 index of the largest count (``lerobot_rows``)."""
+    from benchmarks.bench_plan_lerobot import lerobot_rows
+
+    return [bench_plan(n) for n in counts] + [bench_plan(max(counts), compact=False)] + lerobot_rows(max(counts))
 
 
 def replace_plan(plans: list[dict]) -> Path:
@@ -341,7 +353,8 @@ def write_section(plans: list[dict], merge: dict, busy: list[dict] | None, stage
     lines = ["# Scale (issue 11)", "",
              f"- CPU: {platform.machine()}, {os.cpu_count()} cores visible (shared machine), "
              f"load average at start {os.getloadavg()[0]:.1f}; no GPU (GPU rows: not measured)", "",
-             "| planning (synthetic episode index) | shards | seconds | peak RSS growth |", "|---|---|---|---|"]
+             "| planning (synthetic episode index, then a real LeRobot v3.0 one) | shards | seconds | "
+             "peak RSS growth |", "|---|---|---|---|"]
     lines += plan_lines(plans)
     lines += [""] + finalize_lines(merge) + [""]
     if busy:

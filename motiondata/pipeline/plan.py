@@ -267,13 +267,15 @@ class PlanListing:
 def _scan(catalog: PlanListing, listed: Sequence[dict[str, Any]], name: str, path: str, start: int,
           owner: dict[str, int], hashes: array, pinned: dict[int, int], cache: dict) -> None:
     """One source's units: the hash of each episode id (for dedupe) and, for units recorded in a shard
-    manifest, their shard and fingerprint (the only per-unit state besides the hashes)."""
-    for j, unit in enumerate(listed):
-        uid = str(unit["id"])
+    manifest, their shard and fingerprint (the only per-unit state besides the hashes). A listing with
+    ``unit_ids()`` (each unit's ``"id"``, in order) is scanned without making its units."""
+    ids = listed.unit_ids() if hasattr(listed, "unit_ids") else (unit["id"] for unit in listed)
+    for j, uid in enumerate(ids):
+        uid = str(uid)
         hashes.append(hash(episode_id_for(name, uid)))
         if owner and (key := unit_key(name, uid)) in owner:
             pinned[start + j] = owner[key]
-            catalog.fingerprints[start + j] = unit_fingerprint(unit, path, cache)
+            catalog.fingerprints[start + j] = unit_fingerprint(listed[j], path, cache)
 
 
 def _dropped(catalog: PlanListing, hashes: array, recorded: set[str]) -> tuple[set[int], list[dict[str, Any]]]:

@@ -22,10 +22,12 @@ open between calls, so a source object is safe in forked workers.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,6 +36,7 @@ from motiondata.errors import SourceError, SpecError
 from motiondata.sources.base import (DEFAULT_MAX_ABS, build_episode, check_choice, check_max_abs, check_positive,
                                      error_unit, listing_problem, raise_if_error_unit, require_path, source_errors)
 from motiondata.sources.lerobot_columns import checked_timestamps, decode_images, episode_row_groups, vector_column
+from motiondata.sources.lerobot_listing import EpisodeIndex, EpisodeListing, distinct_rows, read_v2_index, read_v3_index
 from motiondata.sources.video_decode import BACKENDS, read_frames_at_timestamps
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ class LeRobotSource:
             beyond float32). Text columns are always a record, never parsed.
 
     ``units()`` lists every ``episode_index`` once; duplicated ``meta/episodes`` rows are left out and
-    reported in ``self.listing_problems`` (see ``motiondata.sources.base``).
+    reported in ``self.listing_problems`` (see ``motiondata.sources.base``). ``unit_listing()`` gives the same
+    units as a compact sequence (the index column-wise, each unit made on access) for the planner.
     """
 
     kind = "lerobot"
@@ -152,12 +156,10 @@ class LeRobotSource:
         names = [camera_name(k) for k in keys]
         return dict(zip(keys, names if len(set(names)) == len(names) else [safe_id(k) for k in keys]))
 
-    def _episode_rows(self) -> list[dict]:
-        return self._v3_rows() if self.is_v3 else self._v2_rows()
+    def _episode_index(self) -> EpisodeIndex:
+        return self._v3_index() if self.is_v3 else self._v2_index()
 
-    def _v3_rows(self) -> list[dict]:
-        import pyarrow.parquet as pq
-
+    def _v3_index(self) -> EpisodeIndex:
         folder = self._file("meta/episodes")
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".parquet"))
         if not files:
@@ -166,53 +168,38 @@ class LeRobotSource:
                   "data/chunk_index", "data/file_index"}
         for key in self.camera_keys():
             wanted |= {f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")}
-        rows = []
-        for file in files:
-            try:
-                names = pq.read_schema(file).names
-                table = pq.read_table(file, columns=[n for n in names if n in wanted])
-            except Exception as exc:  # noqa: BLE001 - truncated or non-parquet file
-                raise SourceError(file, f"cannot read episodes parquet ({type(exc).__name__}: {exc})") from exc
-            rows += [dict(row, _meta_file=file) for row in table.to_pylist()]
-        return rows
+        return read_v3_index(files, wanted)
 
-    def _v2_rows(self) -> list[dict]:
+    def _v2_index(self) -> EpisodeIndex:
         file = self._file("meta/episodes.jsonl")
         if not os.path.isfile(file):
             raise SourceError(file, "meta/episodes.jsonl is missing; the v2.x dataset is incomplete")
-        rows = []
-        with open(file, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(dict(json.loads(line), _meta_file=file))
-                    except ValueError as exc:
-                        raise SourceError(file, f"line {number} is not JSON ({exc})") from exc
-        return rows
+        return read_v2_index(file)
 
     # ---------------------------------------------------------------------------------------------- units
     def units(self) -> list[dict]:
         """One unit per distinct ``episode_index``; duplicated rows go to ``self.listing_problems``."""
+        return list(self.unit_listing())
+
+    def unit_listing(self) -> Sequence[dict]:
+        """``units()`` as a compact sequence: the index is held column-wise (no Python object per episode) and
+        each unit dict is made on access. The rows whose ``episode_index`` is not an integer come first (error
+        units, in row order), then one unit per distinct index, ascending (the first row; later ones go to
+        ``self.listing_problems``, set by this call)."""
         self.listing_problems = []
         name = os.path.basename(os.path.normpath(self.path))
         try:
-            rows, cameras = self._episode_rows(), self.camera_keys()
+            index, cameras = self._episode_index(), self.camera_keys()
         except SourceError as exc:
             return [error_unit(name, exc.file, exc.reason)]
-        units, seen = [], {}
-        for number, row in enumerate(rows):
-            index = row.get("episode_index")
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-                units.append(error_unit(f"episode_row_{number}", row["_meta_file"], f"episode row {number} has "
-                                        f"episode_index={index!r}, not an integer; fix meta/episodes"))
-            elif int(index) in seen:
-                self._duplicate(row, int(index), seen[int(index)])
-            else:
-                seen[int(index)] = row
-        for index in sorted(seen):
-            if self.episodes is None or index in self.episodes:
-                units.append(self._unit(seen[index], cameras))
-        return units
+        bad, order = distinct_rows(index, self.episodes, self._duplicate)
+        return EpisodeListing(index, bad, order, self._bad_row, functools.partial(self._unit, cameras=cameras))
+
+    @staticmethod
+    def _bad_row(number: int, row: dict) -> dict:
+        index = row.get("episode_index")
+        return error_unit(f"episode_row_{number}", row["_meta_file"], f"episode row {number} has "
+                          f"episode_index={index!r}, not an integer; fix meta/episodes")
 
     def _duplicate(self, row: dict, index: int, first: dict) -> None:
         same = {k: v for k, v in row.items() if k != "_meta_file"} == {k: v for k, v in first.items()
