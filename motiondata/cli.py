@@ -188,7 +188,11 @@ def _store_arg(directory: str) -> None:
     """A store argument is a local --out folder or an object store URL (``s3://bucket/prefix``)."""
     from motiondata.store.objstore import is_remote, local_path
 
-    if not is_remote(directory) and not local_path(directory).is_dir():
+    if is_remote(directory):
+        from motiondata.pipeline.remote_out import check_store_url
+
+        check_store_url(directory)
+    elif not local_path(directory).is_dir():
         raise UsageError(f"{directory} is not a folder; pass the --out folder of a `motiondata build` (or its "
                          "s3://bucket/prefix)")
 

@@ -123,6 +123,11 @@ def test_missing_prefix_or_bucket_is_one_line(s3_bucket, capsys):
         assert cli_main(["validate", url]) != 0
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and url in err, err
+    missing = f"s3://md-no-such-bucket-{uuid.uuid4().hex[:8]}/store"
+    for command in ("validate", "inspect"):  # a user's mistake: exit 2, the fix named, never "internal error"
+        assert cli_main([command, missing]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "does not exist; create it or fix the URL" in err and "internal error" not in err, err
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -324,19 +324,25 @@ def open_out(out: str | Path) -> tuple[Path, Remote | None]:
     return staging, remote
 
 
-def _reach(fs: Any, url: str, bucket: str) -> None:
+def _reach(fs: Any, url: str, bucket: str, label: str = "--out ") -> None:
     from motiondata.usage import UsageError
 
     try:
         fs.info(bucket)
     except FileNotFoundError as exc:
-        raise UsageError(f"--out {url}: bucket {bucket} does not exist; create it or fix the URL") from exc
+        raise UsageError(f"{label}{url}: bucket {bucket} does not exist; create it or fix the URL") from exc
     except PermissionError as exc:
-        raise UsageError(f"--out {url}: access denied ({exc}); check the credentials (AWS_ACCESS_KEY_ID/"
+        raise UsageError(f"{label}{url}: access denied ({exc}); check the credentials (AWS_ACCESS_KEY_ID/"
                          "AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the endpoint (AWS_ENDPOINT_URL)") from exc
     except Exception as exc:  # no credentials, endpoint down: botocore raises more than OSError
-        raise UsageError(f"--out {url}: cannot reach the object store ({type(exc).__name__}: {exc}); check the "
+        raise UsageError(f"{label}{url}: cannot reach the object store ({type(exc).__name__}: {exc}); check the "
                          "endpoint (AWS_ENDPOINT_URL) and the credentials") from exc
+
+
+def check_store_url(url: str) -> None:
+    """Preflight for a store URL to read (``validate``, ``inspect``): package installed, bucket reachable."""
+    fs, root = objstore.filesystem(url)
+    _reach(fs, url, root.split("/", 1)[0], label="")
 
 
 def check_out(url: str) -> None:
