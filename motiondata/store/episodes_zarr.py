@@ -62,12 +62,31 @@ def field_path(name: str, window: bool = False) -> str:
     return (f"{WINDOWS}/" if window else "") + name.replace(".", "/")
 
 
+def _root_is_current(meta: Path) -> bool:
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return doc.get("node_type") == "group" and doc.get("attributes", {}).get("format_version") == \
+        motiondata.FORMAT_VERSION
+
+
 def ensure_store(out: str | Path) -> zarr.Group:
-    """Create (or open) the root group ``OUT/episodes.zarr`` (Zarr v3)."""
-    root = zarr.open_group(str(zarr_store(out)), mode="a", zarr_format=3)
-    if root.attrs.get("format_version") != motiondata.FORMAT_VERSION:
-        root.attrs["format_version"] = motiondata.FORMAT_VERSION
-    return root
+    """Create (or open) the root group ``OUT/episodes.zarr`` (Zarr v3). Safe when several shard tasks of one
+    node do it at once (a fresh staging folder): the root's ``zarr.json`` is made in a hidden temporary
+    folder and moved into place with one atomic rename, so no task sees it half-written or trips over
+    another's creation."""
+    final = zarr_store(out)
+    meta = final / "zarr.json"
+    if not _root_is_current(meta):
+        final.mkdir(parents=True, exist_ok=True)
+        tmp = final / f".root-{uuid.uuid4().hex}.tmp"
+        try:
+            zarr.open_group(str(tmp), mode="w", zarr_format=3).attrs["format_version"] = motiondata.FORMAT_VERSION
+            os.replace(tmp / "zarr.json", meta)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return zarr.open_group(str(final), mode="r+", zarr_format=3)
 
 
 def _array(value: Any, name: str) -> np.ndarray:
