@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from motiondata.pipeline import plan
-from motiondata.pipeline.plan import ShardPlan, list_units, plan_shards, unique_units
+from motiondata.pipeline.fingerprint import unit_fingerprint
+from motiondata.pipeline.plan import ShardPlan, episode_id_for, plan_shards, unique_units, unit_key
 from motiondata.pipeline.spec import parse_spec
 
 
@@ -55,10 +56,24 @@ def _spec(names: list[str], per: int):
     return parse_spec({"name": "t", "sources": sources, "shards": {"episodes_per_shard": per}})
 
 
+def _list_units(spec, eager: set[str]):
+    """Every unit's entry dict in spec order (the full listing the old planner held), with listing records."""
+    units, errors, cache = [], [], {}
+    for i, src in enumerate(spec.sources):
+        listed = plan._listing_of(spec, i, errors)
+        for unit in listed if listed is not None else []:
+            uid = str(unit["id"])
+            key = unit_key(src.name, uid)
+            fingerprint = unit_fingerprint(unit, src.path, cache) if key in eager else None
+            units.append({"source": i, "unit": unit, "key": key, "episode": episode_id_for(src.name, uid),
+                          "fingerprint": fingerprint, "path": src.path})
+    return units, errors
+
+
 def _reference(spec, recorded):
     """The planner before issue 11 item 5: every entry dict in memory, dedupe and chunk the list."""
     owner = {key: index for index, keys in recorded.items() for key in keys}
-    entries, errors = list_units(spec, eager=set(owner))
+    entries, errors = _list_units(spec, eager=set(owner))
     entries, clashes = unique_units(entries, set(owner))
     by_index = {index: [] for index in recorded}
     fresh = []

@@ -17,31 +17,31 @@ import os
 from typing import Any
 
 from motiondata.errors import MotionDataError
+from motiondata.store import objstore
 
 SMALL_FILE = 1 << 16  # files up to 64 KiB are fingerprinted by content
 
 
 def url_fingerprint(url: str) -> str | None:
     """``size:etag:…`` of an object (``size:mtime:…`` where the store gives no ETag); ``None`` if it is gone."""
-    from motiondata.store import objstore
+    from motiondata.sources.remote_input import object_stamp
 
     try:
         fs, root = objstore.filesystem(url)
         info = fs.info(root)
     except (OSError, ValueError, MotionDataError):  # missing object, unreachable store: read by the shard task, recorded there
         return None
-    etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or "").strip('"')
-    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
-    kind, value = ("etag", etag) if etag else ("mtime", str(stamp))
-    return f"{info.get('size', 0)}:{kind}:{value}" if info.get("type", "file") == "file" else None
+    if info.get("type", "file") != "file":
+        return None
+    size, etag, mtime = object_stamp(info)
+    kind, value = ("etag", etag.strip('"')) if etag else ("mtime", str(mtime))
+    return f"{size}:{kind}:{value}"
 
 
 def file_fingerprint(path: str) -> str | None:
     """``size:sha256:…`` (small files) or ``size:mtime:…`` of a local file, ``size:etag:…`` of an object URL;
     ``None`` if it is neither."""
     if "://" in path:
-        from motiondata.store import objstore
-
         return url_fingerprint(path) if objstore.is_remote(path) else None
     try:
         st = os.stat(path)

@@ -124,14 +124,6 @@ def fingerprint_of(entry: dict[str, Any]) -> dict[str, Any]:
     return entry["fingerprint"]
 
 
-def _entry(index: int, name: str, path: str, unit: dict[str, Any], cache: dict, eager: Any) -> dict[str, Any]:
-    uid = str(unit["id"])
-    key = unit_key(name, uid)
-    fingerprint = unit_fingerprint(unit, path, cache) if eager is True or key in eager else None
-    return {"source": index, "unit": unit, "key": key, "episode": episode_id_for(name, uid),
-            "fingerprint": fingerprint, "path": path}
-
-
 def _listing_of(spec: JobSpec, index: int, errors: list[dict[str, Any]]) -> Sequence[dict[str, Any]] | None:
     """Source ``index``'s units: its ``unit_listing()`` (a compact sequence of unit dicts) where it has one,
     else ``units()``; ``None`` (and an error record) if it cannot be listed at all."""
@@ -147,18 +139,6 @@ def _listing_of(spec: JobSpec, index: int, errors: list[dict[str, Any]]) -> Sequ
     if len(listed) == 0:
         errors.append(error_record(src.path, None, "plan", "no episodes or videos found under this path"))
     return listed
-
-
-def list_units(spec: JobSpec, eager: Any = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """All units in spec order (with key, episode id, fingerprint), and error records for sources that
-    could not be listed at all or reported listing problems. ``eager``: True, or the unit keys whose
-    fingerprint is computed now (the others on first use, ``fingerprint_of``)."""
-    units, errors, cache = [], [], {}
-    for i, src in enumerate(spec.sources):
-        listed = _listing_of(spec, i, errors)
-        if listed is not None:
-            units.extend(_entry(i, src.name, src.path, u, cache, eager) for u in listed)
-    return units, errors
 
 
 def _unique_order(entries: Sequence[dict[str, Any]], recorded: set[str]) -> tuple[list[int], list[dict[str, Any]]]:

@@ -291,6 +291,13 @@ def _write_if_changed(path: Path, text: str) -> None:
     layout.atomic_write_text(path, text)
 
 
+def _tar_size(out: Path, index: int) -> int | None:
+    try:
+        return layout.shard_tar(out, index).stat().st_size
+    except OSError:
+        return None
+
+
 def _done_manifests(out: Path, plans: list[ShardPlan], known: dict[int, dict[str, Any]] | None = None
                     ) -> dict[int, dict[str, Any]]:
     """The manifests of the done shards: ``known`` views (``finalize_view``: shards this run built or found
@@ -302,8 +309,7 @@ def _done_manifests(out: Path, plans: list[ShardPlan], known: dict[int, dict[str
     found, unknown = {}, []
     for plan in plans:
         view = (known or {}).get(plan.index)
-        tar = layout.shard_tar(out, plan.index)
-        if view is not None and tar.is_file() and tar.stat().st_size == view.get("bytes"):
+        if view is not None and _tar_size(out, plan.index) == view.get("bytes"):
             found[plan.index] = view
         else:
             unknown.append(plan.index)

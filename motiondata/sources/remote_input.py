@@ -65,7 +65,7 @@ def cache_dir(folder_url: str) -> Path:
     return base / "inputs" / hashlib.sha1(folder_url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def _stamp(info: dict[str, Any]) -> tuple[int, str, float | None]:
+def object_stamp(info: dict[str, Any]) -> tuple[int, str, float | None]:
     """``(size, etag, mtime seconds)`` of an object from ``fs.info``/``fs.find(detail=True)``."""
     etag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("md5") or "")
     when = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created")
@@ -113,8 +113,8 @@ def _download(fs: Any, items: list[tuple[str, Path, tuple[int, str, float | None
 
 def _sync(fs: Any, objects: dict[str, tuple[Path, dict[str, Any]]]) -> None:
     """Download the objects (remote path -> (target, info)) whose cached copy is missing or stale."""
-    stale = [(remote, target, _stamp(info)) for remote, (target, info) in sorted(objects.items())
-             if not _fresh(target, _stamp(info))]
+    stale = [(remote, target, object_stamp(info)) for remote, (target, info) in sorted(objects.items())
+             if not _fresh(target, object_stamp(info))]
     if stale:
         log.info("downloading %d input object(s) (%d bytes) into %s", len(stale), sum(s[2][0] for s in stale),
                  stale[0][1].parent)
