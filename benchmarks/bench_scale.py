@@ -134,64 +134,6 @@ def bench_merge(shards: int, fmt: str = "bin", per_core: int = 4096) -> dict:
             "cores_for_30s_at_250k": 250_000 * core_ms / 1e3 / 30}
 
 
-def bench_reads(shards: int) -> dict:
-    """finalize's ``_done_manifests`` (one read + one tar stat per shard, in this process) over ``shards`` hard
-    links of one shard manifest of 4 episodes x 10 samples; one process's rate on 4096 of them; and the
-    same read in chunks in processes."""
-    from types import SimpleNamespace
-
-    from motiondata.pipeline.runner import _done_manifests
-    from motiondata.store import layout
-    from motiondata.store.manifest import done_manifest, finalize_view, read_shard_manifest, write_shard_manifest
-
-    out = Path(tempfile.mkdtemp(prefix="bench_reads_"))
-    try:
-        layout.shard_tar(out, 0).parent.mkdir(parents=True)
-        layout.shard_tar(out, 0).write_bytes(b"\0" * 10240)
-        keys = [f"e{e}_w{w:04d}" for e in range(4) for w in range(10)]
-        write_shard_manifest(out, 0, {
-            "sha256": "0" * 64, "bytes": 10240, "num_samples": 40, "keys": keys, "fields": {},
-            "samples": [{"key": k, "episode": k[:2], "window": int(k[4:]), "status": "ok", "bytes": 256,
-                         "sha256": "0" * 64} for k in keys], "episodes": [f"e{e}" for e in range(4)],
-            "units": [f"e{e}.hdf5" for e in range(4)], "errors": [], "spec_hash": "0" * 64})
-        for i in range(1, shards):
-            for where in (layout.shard_manifest, layout.shard_tar):
-                if i % 50_000 == 0:  # at most 65,000 hard links per file
-                    shutil.copyfile(where(out, i - 1), where(out, i))
-                else:
-                    os.link(where(out, i - i % 50_000), where(out, i))
-        one = min(shards, 4096)
-        start = time.perf_counter()
-        assert all(done_manifest(out, i) is not None for i in range(one))
-        core_ms = 1e3 * (time.perf_counter() - start) / one
-        start = time.perf_counter()
-        done = len(_done_manifests(out, [SimpleNamespace(index=i) for i in range(shards)]))
-        seconds = time.perf_counter() - start
-        view = finalize_view(read_shard_manifest(out, 0))
-        known = {i: {**view, "index": i} for i in range(shards)}  # what a run keeps of the shards it built
-        start = time.perf_counter()
-        assert len(_done_manifests(out, [SimpleNamespace(index=i) for i in range(shards)], known)) == done
-        views = time.perf_counter() - start
-        parallel = _parallel_reads(out, shards)
-        size = layout.shard_manifest(out, 0).stat().st_size
-    finally:
-        shutil.rmtree(out)
-    return {"shards": done, "seconds": seconds, "manifest_bytes": size, "core_ms_per_shard": core_ms,
-            "ms_per_shard": 1e3 * seconds / shards, "workers": os.cpu_count(), "parallel_s": parallel,
-            "views_s": views, "view_bytes": len(json.dumps(view))}
-
-
-def _parallel_reads(out: Path, shards: int) -> float:
-    """The same read in chunks of 2048 in processes (whole manifests pickled back): rejected, see docs."""
-    from motiondata.pipeline import outcome
-    from motiondata.store.manifest import done_manifests
-
-    start = time.perf_counter()
-    chunks = [list(range(i, min(i + 2048, shards))) for i in range(0, shards, 2048)]
-    outcome.in_processes(done_manifests, out, chunks, "shard manifest read")
-    return time.perf_counter() - start
-
-
 def bench_manifest(shards: int) -> dict:
     """manifest.json bytes of a job with ``shards`` shards: inline list vs ``shards/index.jsonl``."""
     from motiondata.store import layout
@@ -298,14 +240,24 @@ def finalize_lines(finalize: dict) -> list[str]:
     return lines
 
 
+def replace_table(head: str, rows: list[str], skip: int = 0) -> Path:
+    """Replace the table of docs/bench/scale.md whose first line starts with ``head`` (keeping its first
+    ``skip`` lines) by ``rows``; append ``rows`` as a new table when there is none."""
+    path = ROOT / "docs" / "bench" / "scale.md"
+    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(head)), None)
+    if start is None:
+        lines += [""] + rows
+    else:
+        end = next((i for i in range(start + skip, len(lines)) if not lines[i].startswith("|")), len(lines))
+        lines = lines[:start + skip] + rows + lines[end:]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def replace_finalize(finalize: dict) -> Path:
     """Rewrite only the finalize table of docs/bench/scale.md (``--only-finalize``)."""
-    path = ROOT / "docs" / "bench" / "scale.md"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("| finalize"))
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    path.write_text("\n".join(lines[:start] + finalize_lines(finalize) + lines[end:]), encoding="utf-8")
-    return path
+    return replace_table("| finalize", finalize_lines(finalize), skip=0)
 
 
 def plan_lines(plans: list[dict]) -> list[str]:
@@ -323,12 +275,7 @@ def bench_plans(counts: list[int]) -> list[dict]:
 
 def replace_plan(plans: list[dict]) -> Path:
     """Rewrite only the planning rows of docs/bench/scale.md (``--only-plan``)."""
-    path = ROOT / "docs" / "bench" / "scale.md"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("| planning")) + 2
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    path.write_text("\n".join(lines[:start] + plan_lines(plans) + lines[end:]), encoding="utf-8")
-    return path
+    return replace_table("| planning", plan_lines(plans), skip=2)
 
 
 def busy_lines(busy: list[dict]) -> list[str]:
@@ -341,12 +288,7 @@ def busy_lines(busy: list[dict]) -> list[str]:
 
 def replace_busy(busy: list[dict]) -> Path:
     """Rewrite only the busy-share table of docs/bench/scale.md (``--only-busy``)."""
-    path = ROOT / "docs" / "bench" / "scale.md"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("| streaming executor"))
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    path.write_text("\n".join(lines[:start] + busy_lines(busy) + lines[end:]), encoding="utf-8")
-    return path
+    return replace_table("| streaming executor", busy_lines(busy), skip=0)
 
 
 def write_section(plans: list[dict], merge: dict, busy: list[dict] | None, stages: list[dict]) -> Path:
@@ -385,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s", json.dumps(plans))
         log.info("wrote %s", replace_plan(plans))
         return
+    from benchmarks.bench_finalize import bench_reads
+
     merge = {"merges": [bench_merge(args.shards), bench_merge(args.json_shards, "json")],
              "manifests": [bench_manifest(n) for n in (1000, args.shards)], "reads": bench_reads(args.shards)}
     if args.only_finalize:
